@@ -1,0 +1,224 @@
+//! The event types and their JSON shape.
+//!
+//! Events are flat JSON objects. Optional fields are omitted rather than written as `null`,
+//! so a record's size follows what it carries.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::EventTime;
+
+/// What the user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// Any page was shown; product pages carry the product fields.
+    PageView,
+    /// A product (with quantity) went into the cart.
+    AddToCart,
+    /// One order line was paid; lines of one order share `order_id`.
+    Purchase,
+}
+
+impl EventType {
+    /// All event types, in funnel order.
+    pub const ALL: [EventType; 3] = [EventType::PageView, EventType::AddToCart, EventType::Purchase];
+
+    /// The wire name (`page_view`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::PageView => "page_view",
+            EventType::AddToCart => "add_to_cart",
+            EventType::Purchase => "purchase",
+        }
+    }
+
+    /// Whether events of this type must name a product, its price and a quantity.
+    pub const fn requires_product(self) -> bool {
+        matches!(self, EventType::AddToCart | EventType::Purchase)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventType {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s).ok_or(())
+    }
+}
+
+/// An amount of money in cents. On the wire it is a JSON number with up to two decimals
+/// (`12.34`); inside the pipeline it stays an integer so sums are exact to the cent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money(pub i64);
+
+impl Money {
+    /// From whole cents.
+    pub const fn from_cents(cents: i64) -> Self {
+        Money(cents)
+    }
+
+    /// Whole cents.
+    pub const fn cents(self) -> i64 {
+        self.0
+    }
+
+    /// As a decimal number of currency units (exact for every amount below 2^53 cents).
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 100.0
+    }
+
+    /// Rounds a decimal amount to the nearest cent; `None` if not finite.
+    pub fn from_f64(v: f64) -> Option<Self> {
+        v.is_finite().then(|| Money((v * 100.0).round() as i64))
+    }
+
+    /// `self * n`, saturating.
+    pub fn times(self, n: u32) -> Money {
+        Money(self.0.saturating_mul(i64::from(n)))
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let a = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:02}", a / 100, a % 100)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Shortest round-trip formatting turns 1234 / 100.0 into `12.34`, never `12.340000001`.
+        s.serialize_f64(self.as_f64())
+    }
+}
+
+/// One clickstream event (schema version 1). See `docs/events.md` for the field reference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Always [`crate::SCHEMA_VERSION`] for events built by this crate.
+    pub schema_version: u32,
+    /// Unique per event; a re-sent event keeps its id, which is what deduplication keys on.
+    pub event_id: Uuid,
+    /// What happened.
+    pub event_type: EventType,
+    /// Event time (when it happened on the user's side), UTC.
+    pub timestamp: EventTime,
+    /// The user; also the Kafka record key, so one user's events stay in order on one partition.
+    pub user_id: Uuid,
+    /// The visit this event belongs to.
+    pub session_id: Uuid,
+    /// Product shown / carted / bought.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<Arc<str>>,
+    /// The product's category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<Arc<str>>,
+    /// Unit price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<Money>,
+    /// Units carted or bought.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    /// Order this purchase line belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+    /// Line amount of a purchase: `price * quantity`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Money>,
+    /// `desktop`, `mobile` or `tablet`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<Arc<str>>,
+    /// ISO 3166-1 alpha-2 country code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<Arc<str>>,
+    /// Browser user agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Arc<str>>,
+    /// Where the visit came from (landing events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrer: Option<Arc<str>>,
+    /// Campaign source (landing events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_source: Option<Arc<str>>,
+    /// Page kind: `home`, `category`, `search`, `product`, `cart`, `checkout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<Arc<str>>,
+}
+
+impl Event {
+    /// A bare event of `event_type` with no product, order or context fields.
+    pub fn new(
+        event_id: Uuid,
+        event_type: EventType,
+        timestamp: EventTime,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Self {
+        Event {
+            schema_version: crate::SCHEMA_VERSION,
+            event_id,
+            event_type,
+            timestamp,
+            user_id,
+            session_id,
+            product_id: None,
+            category: None,
+            price: None,
+            quantity: None,
+            order_id: None,
+            amount: None,
+            device: None,
+            country: None,
+            user_agent: None,
+            referrer: None,
+            utm_source: None,
+            page: None,
+        }
+    }
+
+    /// Appends this event's JSON encoding to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Serialising plain data into a Vec cannot fail: every map key is a string and no
+        // Serialize impl here returns an error.
+        let _ = serde_json::to_writer(out, self);
+    }
+
+    /// This event's JSON encoding.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(384);
+        self.write_json(&mut v);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_prints_exact_decimals() {
+        let mut v = Vec::new();
+        serde_json::to_writer(&mut v, &Money(1234)).unwrap();
+        assert_eq!(v, b"12.34");
+        assert_eq!(Money(-5).to_string(), "-0.05");
+        assert_eq!(Money::from_f64(19.99), Some(Money(1999)));
+        assert_eq!(Money::from_f64(f64::NAN), None);
+        for c in [0i64, 1, 10, 99, 1999, 123456789, 9_999_999_999] {
+            let mut v = Vec::new();
+            serde_json::to_writer(&mut v, &Money(c)).unwrap();
+            let back: f64 = serde_json::from_slice(&v).unwrap();
+            assert_eq!(Money::from_f64(back), Some(Money(c)));
+        }
+    }
+}

@@ -1,0 +1,207 @@
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+fn policy() -> ValidationPolicy {
+    ValidationPolicy::new(EventTime::parse_rfc3339("2025-08-19T15:00:00Z").unwrap())
+}
+
+fn good_purchase() -> serde_json::Value {
+    json!({
+        "schema_version": 1,
+        "event_id": "6f1c2a52-3c0e-4f43-9a7e-8c1f3b3c1d01",
+        "event_type": "purchase",
+        "timestamp": "2025-08-19T14:05:22.120Z",
+        "user_id": "0b7a1f5e-9d2c-4a41-8f61-1f2e3d4c5b6a",
+        "session_id": "a3c8e2d4-1b2a-4c3d-9e8f-7a6b5c4d3e2f",
+        "product_id": "P00042",
+        "category": "electronics",
+        "price": 19.99,
+        "quantity": 3,
+        "order_id": "c9d8e7f6-a5b4-4c3d-8e1f-0a9b8c7d6e5f",
+        "amount": 59.97,
+        "device": "mobile",
+        "country": "DE"
+    })
+}
+
+fn with(field: &str, v: serde_json::Value) -> Vec<u8> {
+    let mut e = good_purchase();
+    e[field] = v;
+    serde_json::to_vec(&e).unwrap()
+}
+
+fn without(field: &str) -> Vec<u8> {
+    let mut e = good_purchase();
+    e.as_object_mut().unwrap().remove(field);
+    serde_json::to_vec(&e).unwrap()
+}
+
+/// One bad record per reason code, in the spirit of what real producers get wrong.
+fn bad_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let good = serde_json::to_vec(&good_purchase()).unwrap();
+    let mut non_utf8 = good.clone();
+    non_utf8.insert(30, 0xff);
+    vec![
+        ("empty_payload", vec![]),
+        ("too_large", vec![b' '; 70 * 1024]),
+        ("not_utf8", non_utf8),
+        ("not_json", good[..good.len() / 2].to_vec()),
+        ("not_json", b"hello world".to_vec()),
+        (
+            "non_finite_number",
+            String::from_utf8(good.clone())
+                .unwrap()
+                .replace("19.99", "NaN")
+                .into_bytes(),
+        ),
+        (
+            "non_finite_number",
+            String::from_utf8(good.clone())
+                .unwrap()
+                .replace("19.99", "1e400")
+                .into_bytes(),
+        ),
+        ("not_an_object", b"[1,2,3]".to_vec()),
+        ("missing_field", without("event_id")),
+        ("missing_field", without("order_id")),
+        ("null_field", with("user_id", serde_json::Value::Null)),
+        ("wrong_type", with("quantity", json!("three"))),
+        ("wrong_type", with("price", json!("19.99"))),
+        ("wrong_type", with("event_id", json!(42))),
+        ("unsupported_schema_version", with("schema_version", json!(2))),
+        ("unknown_event_type", with("event_type", json!("wishlist"))),
+        ("invalid_uuid", with("session_id", json!("not-a-uuid"))),
+        ("invalid_timestamp", with("timestamp", json!("yesterday"))),
+        ("timestamp_too_old", with("timestamp", json!("1970-01-01T00:00:00Z"))),
+        ("timestamp_in_future", with("timestamp", json!("2100-01-01T00:00:00Z"))),
+        ("negative_amount", with("price", json!(-1.0))),
+        ("amount_too_large", with("price", json!(1e12))),
+        ("invalid_quantity", with("quantity", json!(0))),
+        ("amount_mismatch", with("amount", json!(1.00))),
+        ("bad_field_length", with("product_id", json!("x".repeat(65)))),
+        ("bad_field_length", with("category", json!(""))),
+        ("malformed", {
+            let mut s = String::from_utf8(good).unwrap();
+            s.insert_str(1, "\"device\":\"tablet\",");
+            s.into_bytes()
+        }),
+    ]
+}
+
+#[test]
+fn the_good_record_passes() {
+    let e = parse_event(&serde_json::to_vec(&good_purchase()).unwrap(), &policy()).unwrap();
+    assert_eq!(e.event_type, EventType::Purchase);
+    assert_eq!(e.price, Some(Money(1999)));
+    assert_eq!(e.amount, Some(Money(5997)));
+    assert_eq!(e.quantity, Some(3));
+    assert_eq!(e.product_id.as_deref(), Some("P00042"));
+}
+
+#[test]
+fn every_reason_is_reachable_and_reported() {
+    let mut seen = BTreeSet::new();
+    for (expected, bytes) in bad_corpus() {
+        let got = parse_event(&bytes, &policy()).expect_err(expected);
+        assert_eq!(got.code(), expected, "{got}");
+        assert!(!got.to_string().is_empty());
+        seen.insert(got.code());
+    }
+    let all: BTreeSet<_> = RejectReason::ALL_CODES.into_iter().collect();
+    assert_eq!(seen, all, "codes without a corpus entry");
+}
+
+#[test]
+fn page_views_need_no_product() {
+    let mut e = good_purchase();
+    let m = e.as_object_mut().unwrap();
+    for f in ["product_id", "category", "price", "quantity", "order_id", "amount"] {
+        m.remove(f);
+    }
+    e["event_type"] = json!("page_view");
+    let ev = parse_event(&serde_json::to_vec(&e).unwrap(), &policy()).unwrap();
+    assert_eq!(ev.product_id, None);
+    e["event_type"] = json!("add_to_cart");
+    let err = parse_event(&serde_json::to_vec(&e).unwrap(), &policy()).unwrap_err();
+    assert_eq!(err, RejectReason::MissingField { field: "product_id" });
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_escapes_are_decoded() {
+    let mut e = good_purchase();
+    e["campaign_color"] = json!("blue");
+    e["category"] = json!("home \"&\" garden");
+    let ev = parse_event(&serde_json::to_vec(&e).unwrap(), &policy()).unwrap();
+    assert_eq!(ev.category.as_deref(), Some("home \"&\" garden"));
+}
+
+fn arb_text(max: usize) -> impl Strategy<Value = Arc<str>> {
+    proptest::string::string_regex(&format!("[a-zA-Z0-9 _./;()\"\\\\é-]{{1,{max}}}"))
+        .unwrap()
+        .prop_map(Arc::from)
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    let ids = any::<[u128; 4]>();
+    let ts = 0i64..(6 * 86_400 * 1_000_000);
+    let kind = prop_oneof![
+        Just(EventType::PageView),
+        Just(EventType::AddToCart),
+        Just(EventType::Purchase)
+    ];
+    let product = (arb_text(64), arb_text(64), 0i64..100_000, 1u32..1000);
+    let context = proptest::option::of((arb_text(64), arb_text(512), arb_text(64)));
+    (ids, ts, kind, product, context).prop_map(|(ids, ts, kind, product, context)| {
+        let base = EventTime::parse_rfc3339("2025-08-13T15:00:00Z").unwrap();
+        let mut e = Event::new(
+            Uuid::from_u128(ids[0]),
+            kind,
+            base.add_micros(ts),
+            Uuid::from_u128(ids[1]),
+            Uuid::from_u128(ids[2]),
+        );
+        if kind.requires_product() {
+            let (pid, cat, price, qty) = product;
+            e.product_id = Some(pid);
+            e.category = Some(cat);
+            e.price = Some(Money(price));
+            e.quantity = Some(qty);
+            if kind == EventType::Purchase {
+                e.order_id = Some(Uuid::from_u128(ids[3]));
+                e.amount = Some(Money(price).times(qty));
+            }
+        }
+        if let Some((device, ua, page)) = context {
+            e.device = Some(device);
+            e.user_agent = Some(ua);
+            e.page = Some(page);
+        }
+        e
+    })
+}
+
+proptest! {
+    #[test]
+    fn serialise_then_parse_round_trips(e in arb_event()) {
+        let bytes = e.to_json();
+        let back = parse_event(&bytes, &policy()).map_err(|r| TestCaseError::fail(r.to_string()))?;
+        prop_assert_eq!(back, e);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_event(&bytes, &policy());
+    }
+
+    #[test]
+    fn mutated_good_records_never_panic(cut in 0usize..400, byte in any::<u8>()) {
+        let mut good = serde_json::to_vec(&good_purchase()).unwrap();
+        let at = cut.min(good.len() - 1);
+        good[at] = byte;
+        let _ = parse_event(&good, &policy());
+    }
+}
