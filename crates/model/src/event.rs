@@ -26,7 +26,11 @@ pub enum EventType {
 
 impl EventType {
     /// All event types, in funnel order.
-    pub const ALL: [EventType; 3] = [EventType::PageView, EventType::AddToCart, EventType::Purchase];
+    pub const ALL: [EventType; 3] = [
+        EventType::PageView,
+        EventType::AddToCart,
+        EventType::Purchase,
+    ];
 
     /// The wire name (`page_view`, ...).
     pub const fn as_str(self) -> &'static str {
@@ -52,7 +56,10 @@ impl fmt::Display for EventType {
 impl FromStr for EventType {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        EventType::ALL.into_iter().find(|t| t.as_str() == s).ok_or(())
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or(())
     }
 }
 

@@ -16,6 +16,9 @@ pub struct EventTime(i64);
 pub const MICROS_PER_SEC: i64 = 1_000_000;
 
 impl EventTime {
+    /// The latest representable instant (used as "never").
+    pub const MAX: EventTime = EventTime(i64::MAX);
+
     /// The instant `micros` microseconds after 1970-01-01T00:00:00Z.
     pub const fn from_micros(micros: i64) -> Self {
         EventTime(micros)
@@ -161,7 +164,10 @@ mod tests {
 
     #[test]
     fn formats_known_instants() {
-        assert_eq!(EventTime::from_micros(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            EventTime::from_micros(0).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
         let t = EventTime::parse_rfc3339("2025-08-19T14:05:22Z").unwrap();
         assert_eq!(t.to_string(), "2025-08-19T14:05:22.000Z");
         let t = EventTime::parse_rfc3339("2024-02-29T23:59:59.123456+02:00").unwrap();

@@ -495,7 +495,12 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
     if ts.as_micros() < policy.now.as_micros().saturating_sub(policy.max_age_micros) {
         return Err(RejectReason::TimestampTooOld(truncate(&timestamp, 40)));
     }
-    if ts.as_micros() > policy.now.as_micros().saturating_add(policy.max_future_micros) {
+    if ts.as_micros()
+        > policy
+            .now
+            .as_micros()
+            .saturating_add(policy.max_future_micros)
+    {
         return Err(RejectReason::TimestampInFuture(truncate(&timestamp, 40)));
     }
 

@@ -72,17 +72,29 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("wrong_type", with("quantity", json!("three"))),
         ("wrong_type", with("price", json!("19.99"))),
         ("wrong_type", with("event_id", json!(42))),
-        ("unsupported_schema_version", with("schema_version", json!(2))),
+        (
+            "unsupported_schema_version",
+            with("schema_version", json!(2)),
+        ),
         ("unknown_event_type", with("event_type", json!("wishlist"))),
         ("invalid_uuid", with("session_id", json!("not-a-uuid"))),
         ("invalid_timestamp", with("timestamp", json!("yesterday"))),
-        ("timestamp_too_old", with("timestamp", json!("1970-01-01T00:00:00Z"))),
-        ("timestamp_in_future", with("timestamp", json!("2100-01-01T00:00:00Z"))),
+        (
+            "timestamp_too_old",
+            with("timestamp", json!("1970-01-01T00:00:00Z")),
+        ),
+        (
+            "timestamp_in_future",
+            with("timestamp", json!("2100-01-01T00:00:00Z")),
+        ),
         ("negative_amount", with("price", json!(-1.0))),
         ("amount_too_large", with("price", json!(1e12))),
         ("invalid_quantity", with("quantity", json!(0))),
         ("amount_mismatch", with("amount", json!(1.00))),
-        ("bad_field_length", with("product_id", json!("x".repeat(65)))),
+        (
+            "bad_field_length",
+            with("product_id", json!("x".repeat(65))),
+        ),
         ("bad_field_length", with("category", json!(""))),
         ("malformed", {
             let mut s = String::from_utf8(good).unwrap();
@@ -119,7 +131,14 @@ fn every_reason_is_reachable_and_reported() {
 fn page_views_need_no_product() {
     let mut e = good_purchase();
     let m = e.as_object_mut().unwrap();
-    for f in ["product_id", "category", "price", "quantity", "order_id", "amount"] {
+    for f in [
+        "product_id",
+        "category",
+        "price",
+        "quantity",
+        "order_id",
+        "amount",
+    ] {
         m.remove(f);
     }
     e["event_type"] = json!("page_view");
@@ -127,7 +146,12 @@ fn page_views_need_no_product() {
     assert_eq!(ev.product_id, None);
     e["event_type"] = json!("add_to_cart");
     let err = parse_event(&serde_json::to_vec(&e).unwrap(), &policy()).unwrap_err();
-    assert_eq!(err, RejectReason::MissingField { field: "product_id" });
+    assert_eq!(
+        err,
+        RejectReason::MissingField {
+            field: "product_id"
+        }
+    );
 }
 
 #[test]
