@@ -1,1 +1,76 @@
-fn main() {}
+//! `clickstream`: the pipeline's single binary. Parses arguments, loads `.env`, sets up
+//! logging and hands each subcommand to the crate that implements the stage.
+
+mod generate;
+mod migrate;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Real-time e-commerce clickstream pipeline: simulate, stream, aggregate, serve.
+///
+/// Settings come from flags, then environment variables, then a `.env` file in the
+/// working directory (see `.env.example`).
+#[derive(Debug, Parser)]
+#[command(name = "clickstream", version, about, long_about)]
+struct Cli {
+    /// Log filter (`info`, `debug`, `clickstream=debug,rdkafka=warn`, ...).
+    #[arg(long, env = "CLICKSTREAM_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "CLICKSTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate shoppers and send their events to Kafka (or a file, stdout, nowhere).
+    Generate(Box<generate::GenerateArgs>),
+    /// Create or upgrade the `analytics` schema and set the application roles' passwords.
+    Migrate(migrate::MigrateArgs),
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid --log filter `{filter}`: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // A missing .env is normal (compose passes real environment variables).
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format)?;
+    match cli.command {
+        Command::Generate(args) => generate::run(*args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,58 @@
-//! placeholder
+//! PostgreSQL plumbing shared by every stage that touches the `analytics` schema.
+//!
+//! # Layout
+//!
+//! - [`connect`]: open a connection from a `postgres://` URL (the driver task is spawned).
+//! - [`migrate`]: versioned, checksummed migrations from `db/migrations/`, applied under an
+//!   advisory lock; also sets the writer and reader roles' passwords.
+//! - [`catalog`]: idempotent upsert of the product catalog into `analytics.dim_product`.
+
+pub mod catalog;
+pub mod migrate;
+
+use thiserror::Error;
+use tokio_postgres::{Client, NoTls};
+
+/// Errors talking to PostgreSQL.
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// The URL does not parse.
+    #[error("invalid database URL: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    /// Could not connect, or a statement failed (retriable if the server was away).
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A migration already applied has different contents now: someone edited history.
+    #[error("migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {current} in this build)")]
+    MigrationChanged {
+        /// Migration version.
+        version: i32,
+        /// Migration name.
+        name: &'static str,
+        /// Checksum recorded when it was applied.
+        applied: String,
+        /// Checksum of the file in this build.
+        current: String,
+    },
+    /// The database has migrations this build does not know: it is older than the schema.
+    #[error("database schema is at version {db} but this build only knows up to {known}; upgrade clickstream")]
+    SchemaTooNew {
+        /// Highest version in the database.
+        db: i32,
+        /// Highest version in this build.
+        known: i32,
+    },
+}
+
+/// Connects to `url` (`postgres://user:pass@host:port/db`) without TLS (loopback and
+/// compose networks); the connection driver runs as a background task.
+pub async fn connect(url: &str) -> Result<Client, DbError> {
+    let config: tokio_postgres::Config = url.parse().map_err(DbError::BadUrl)?;
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}

@@ -9,9 +9,10 @@
 use std::sync::Arc;
 
 use clickstream_model::{Event, EventTime, EventType};
+use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::Rng;
-use rand_distr::{Exp, LogNormal, Zipf};
+use rand_distr::{Exp, LogNormal};
 use uuid::Uuid;
 
 use crate::config::SimConfig;
@@ -24,7 +25,9 @@ pub(crate) struct World {
     pub catalog: Vec<Product>,
     /// Catalog index of the product with popularity rank `r` is `by_rank[r - 1]`.
     pub by_rank: Vec<usize>,
-    pub zipf: Zipf<f64>,
+    /// Popularity weights by rank (Zipf), sampled by table lookup: `Zipf` calls `powf`
+    /// per draw, which showed up in profiles.
+    pub popularity: WeightedIndex<f64>,
     pub shopper_dwell: LogNormal<f64>,
     pub bot_dwell: Exp<f64>,
     pub pages: Pages,
@@ -81,15 +84,18 @@ impl World {
             by_rank[p.popularity_rank as usize - 1] = i;
         }
         // Parameters are checked by SimConfig::validate; these fallbacks are never hit then.
-        let zipf = Zipf::new(catalog.len() as f64, cfg.popularity_skew)
-            .unwrap_or_else(|_| Zipf::new(1.0, 1.0).expect("constant parameters"));
+        let popularity =
+            WeightedIndex::new((1..=catalog.len()).map(|r| (r as f64).powf(-cfg.popularity_skew)))
+                .expect(
+                    "a non-empty catalog with positive weights (checked by SimConfig::validate)",
+                );
         let shopper_dwell = LogNormal::new(cfg.funnel.dwell_median_secs.ln(), 0.8)
             .unwrap_or_else(|_| LogNormal::new(3.0, 0.8).expect("constant parameters"));
         World {
             cfg,
             catalog,
             by_rank,
-            zipf,
+            popularity,
             shopper_dwell,
             bot_dwell: Exp::new(1.0 / 0.8).expect("constant parameters"),
             pages: Pages::new(),
@@ -98,8 +104,7 @@ impl World {
 
     /// A product index drawn by popularity.
     pub fn popular_product(&self, rng: &mut impl Rng) -> usize {
-        let r = self.zipf.sample(rng) as usize;
-        self.by_rank[r.clamp(1, self.by_rank.len()) - 1]
+        self.by_rank[self.popularity.sample(rng)]
     }
 }
 

@@ -122,7 +122,11 @@ pub struct Simulator {
     /// Users `0..seen` have visited before.
     seen: usize,
     countries: WeightedIndex<f64>,
-    visits: BinaryHeap<Reverse<Due<Session>>>,
+    /// Visits in progress live in a slab; the heap holds only (time, seq, slot), because
+    /// sifting whole sessions through the heap dominated the profile.
+    visits: BinaryHeap<Reverse<Due<usize>>>,
+    slots: Vec<Option<Session>>,
+    free_slots: Vec<usize>,
     delayed: BinaryHeap<Reverse<Due<Delayed>>>,
     /// Records to send before anything else (a visit's events, malformed siblings).
     immediate: VecDeque<Immediate>,
@@ -163,6 +167,8 @@ impl Simulator {
             seen: 0,
             countries,
             visits: BinaryHeap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
             delayed: BinaryHeap::new(),
             immediate: VecDeque::new(),
             step_out: Vec::with_capacity(8),
@@ -331,10 +337,20 @@ impl Simulator {
         self.next_arrival = at.add_micros((gap * 1e6) as i64);
         self.rng = rng;
         self.seq += 1;
+        let slot = match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i] = Some(session);
+                i
+            }
+            None => {
+                self.slots.push(Some(session));
+                self.slots.len() - 1
+            }
+        };
         self.visits.push(Reverse(Due {
             at,
             seq: self.seq,
-            item: session,
+            item: slot,
         }));
     }
 
@@ -436,11 +452,17 @@ impl Simulator {
         let Some(Reverse(mut d)) = self.visits.pop() else {
             return;
         };
+        let Some(session) = self.slots[d.item].as_mut() else {
+            return;
+        };
         let mut out = std::mem::take(&mut self.step_out);
         out.clear();
-        d.item.step(&self.world, &mut self.rng, &mut out);
-        if !d.item.finished {
-            d.at = d.item.next_at;
+        session.step(&self.world, &mut self.rng, &mut out);
+        if session.finished {
+            self.slots[d.item] = None;
+            self.free_slots.push(d.item);
+        } else {
+            d.at = session.next_at;
             self.seq += 1;
             d.seq = self.seq;
             self.visits.push(Reverse(d));

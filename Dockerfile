@@ -1,0 +1,21 @@
+# One image for every pipeline service (generate, migrate, and later process/serve/batch).
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin clickstream \
+ && cp target/release/clickstream /usr/local/bin/clickstream
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 clickstream
+COPY --from=build /usr/local/bin/clickstream /usr/local/bin/clickstream
+USER clickstream
+ENTRYPOINT ["clickstream"]
+CMD ["--help"]

@@ -1,0 +1,36 @@
+//! `clickstream migrate`: apply `db/migrations/` and set role passwords.
+
+use anyhow::Context;
+use clap::Args;
+use clickstream_db::migrate::{self, RolePasswords};
+
+/// Settings of `clickstream migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Admin connection (a role that may create schemas and roles).
+    #[arg(long, env = "ADMIN_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Password to set for the `clickstream_writer` role (left unchanged when absent).
+    #[arg(long, env = "CLICKSTREAM_WRITER_PASSWORD", hide_env_values = true)]
+    writer_password: Option<String>,
+    /// Password to set for the read-only `clickstream_reader` role (left unchanged when absent).
+    #[arg(long, env = "CLICKSTREAM_READER_PASSWORD", hide_env_values = true)]
+    reader_password: Option<String>,
+}
+
+pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    let mut client = clickstream_db::connect(&args.database_url)
+        .await
+        .context("connecting with ADMIN_DATABASE_URL")?;
+    let passwords = RolePasswords {
+        writer: args.writer_password,
+        reader: args.reader_password,
+    };
+    let report = migrate::apply(&mut client, &passwords).await?;
+    if report.applied.is_empty() {
+        tracing::info!(version = report.version, "schema up to date");
+    } else {
+        tracing::info!(version = report.version, applied = ?report.applied, "schema migrated");
+    }
+    Ok(())
+}

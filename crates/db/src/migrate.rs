@@ -1,0 +1,177 @@
+//! Versioned schema migrations.
+//!
+//! Each file in `db/migrations/` is compiled into the binary with its checksum. `apply`
+//! takes a session advisory lock (so two `migrate` runs cannot interleave), records each
+//! migration in `analytics.schema_migrations` in the same transaction that applies it,
+//! and refuses to run if an applied migration's file was edited since.
+
+use tokio_postgres::Client;
+
+use crate::DbError;
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing version.
+    pub version: i32,
+    /// Short name (the file name without number and extension).
+    pub name: &'static str,
+    /// The SQL, run as one batch inside a transaction.
+    pub sql: &'static str,
+}
+
+/// All migrations of this build, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "foundation",
+    sql: include_str!("../../../db/migrations/0001_foundation.sql"),
+}];
+
+/// The application roles the migrations create.
+pub const WRITER_ROLE: &str = "clickstream_writer";
+/// The read-only role dashboards use.
+pub const READER_ROLE: &str = "clickstream_reader";
+
+/// Arbitrary constant identifying our advisory lock.
+const LOCK_KEY: i64 = 0x636c_6963_6b73;
+
+/// FNV-1a 64 of the SQL text: enough to notice an edited file, no extra dependency.
+pub fn checksum(sql: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Versions applied by this run (empty when the schema was up to date).
+    pub applied: Vec<i32>,
+    /// Schema version after the run.
+    pub version: i32,
+}
+
+/// Passwords for the application roles; `None` leaves that role's login unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct RolePasswords {
+    /// For `clickstream_writer` (the processor, the generator's catalog upsert).
+    pub writer: Option<String>,
+    /// For `clickstream_reader` (dashboards).
+    pub reader: Option<String>,
+}
+
+/// Applies pending migrations and sets role passwords. Idempotent.
+pub async fn apply(
+    client: &mut Client,
+    passwords: &RolePasswords,
+) -> Result<MigrateReport, DbError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = apply_locked(client, passwords).await;
+    // Unlock even on failure; a lost connection releases the lock anyway.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    result
+}
+
+async fn apply_locked(
+    client: &mut Client,
+    passwords: &RolePasswords,
+) -> Result<MigrateReport, DbError> {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS analytics;
+             CREATE TABLE IF NOT EXISTS analytics.schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 checksum   text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await?;
+    let rows = client
+        .query(
+            "SELECT version, checksum FROM analytics.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?;
+    let applied: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if let Some(&(db, _)) = applied.last() {
+        if db > known {
+            return Err(DbError::SchemaTooNew { db, known });
+        }
+    }
+    let mut report = MigrateReport {
+        applied: Vec::new(),
+        version: 0,
+    };
+    for m in MIGRATIONS {
+        let sum = checksum(m.sql);
+        if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
+            if *old != sum {
+                return Err(DbError::MigrationChanged {
+                    version: m.version,
+                    name: m.name,
+                    applied: old.clone(),
+                    current: sum,
+                });
+            }
+            report.version = m.version;
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(m.sql).await?;
+        tx.execute(
+            "INSERT INTO analytics.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &sum],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        report.applied.push(m.version);
+        report.version = m.version;
+    }
+    for (role, password) in [
+        (WRITER_ROLE, &passwords.writer),
+        (READER_ROLE, &passwords.reader),
+    ] {
+        if let Some(pw) = password {
+            set_password(client, role, pw).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// `ALTER ROLE ... PASSWORD` takes no bind parameters, so PostgreSQL's own `format()`
+/// quotes the identifier and the literal.
+async fn set_password(client: &Client, role: &str, password: &str) -> Result<(), DbError> {
+    let row = client
+        .query_one(
+            "SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', $1::text, $2::text)",
+            &[&role, &password],
+        )
+        .await?;
+    let stmt: String = row.get(0);
+    client.batch_execute(&stmt).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_and_checksums_differ() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].version < w[1].version);
+        }
+        assert_ne!(checksum("a"), checksum("b"));
+        assert_eq!(checksum("abc"), checksum("abc"));
+    }
+}

@@ -1,0 +1,58 @@
+# Helpers sourced by the dev/ scripts. Not meant to be run directly.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${CLICKSTREAM_STATE_DIR:-$ROOT/.dev}
+CACHE=${CLICKSTREAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/clickstream}
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Creates .env from .env.example with a fresh random password for every __RANDOM__.
+ensure_env() {
+    [ -f "$ROOT/.env" ] && return 0
+    log "creating .env from .env.example with freshly generated passwords"
+    local line out=""
+    while IFS= read -r line || [ -n "$line" ]; do
+        while [[ "$line" == *__RANDOM__* ]]; do
+            line=${line/__RANDOM__/$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+        done
+        out+="$line"$'\n'
+    done < "$ROOT/.env.example"
+    (umask 077 && printf '%s' "$out" > "$ROOT/.env")
+}
+
+# Exports every variable of .env (with ${VAR} references expanded, as dotenv and compose do).
+load_env() {
+    ensure_env
+    set -a
+    # shellcheck disable=SC1091
+    . "$ROOT/.env"
+    set +a
+}
+
+# apt-get installs the given packages if any is missing (needs root and Debian/Ubuntu).
+apt_ensure() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get; install them by hand"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    log "installing ${missing[*]}"
+    $sudo apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Waits until host:port accepts TCP connections, at most $3 seconds.
+wait_port() {
+    local host=$1 port=$2 timeout=${3:-60} i
+    for ((i = 0; i < timeout * 10; i++)); do
+        (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

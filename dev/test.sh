@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (what CI runs): installs build dependencies, brings the local
+# Kafka + PostgreSQL stack up, then runs formatting and lint checks, every unit, property
+# and integration test (against the real broker and database), and the compose checks.
+# A missing service fails the run; nothing is skipped.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+dev/setup.sh
+dev/stack.sh up
+load_env
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test (unit, property, integration against 127.0.0.1:$KAFKA_PORT and :$POSTGRES_PORT)"
+cargo test --workspace --locked
+log "docker compose file checks"
+python3 dev/check_compose.py
+log "all tests passed"
