@@ -10,7 +10,14 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 /// (category, price range in cents, adjectives, nouns) used to make product names.
-const CATEGORIES: [(&str, (i64, i64), &[&str], &[&str]); 10] = [
+type CategorySpec = (
+    &'static str,
+    (i64, i64),
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+const CATEGORIES: [CategorySpec; 10] = [
     (
         "electronics",
         (1_999, 149_999),

@@ -180,7 +180,7 @@ impl Session {
         }
     }
 
-    fn event(&self, w: &World, rng: &mut impl Rng, ty: EventType, page: &Arc<str>) -> Event {
+    fn event(&self, rng: &mut impl Rng, ty: EventType, page: &Arc<str>) -> Event {
         let mut e = Event::new(
             uuid_from(rng),
             ty,
@@ -192,7 +192,6 @@ impl Session {
         e.country = Some(self.visitor.country.clone());
         e.user_agent = Some(self.visitor.user_agent.clone());
         e.page = Some(page.clone());
-        let _ = w;
         e
     }
 
@@ -210,10 +209,10 @@ impl Session {
             Kind::Shopper => self.shopper_step(w, rng, out),
             Kind::Bot { pages_left } => {
                 let e = if self.next == Action::Land || rng.random_bool(0.2) {
-                    self.event(w, rng, EventType::PageView, &w.pages.category)
+                    self.event(rng, EventType::PageView, &w.pages.category)
                 } else {
                     let p = &w.catalog[rng.random_range(0..w.catalog.len())];
-                    Self::with_product(self.event(w, rng, EventType::PageView, &w.pages.product), p)
+                    Self::with_product(self.event(rng, EventType::PageView, &w.pages.product), p)
                 };
                 out.push(e);
                 self.next = Action::ViewProduct;
@@ -236,7 +235,7 @@ impl Session {
                     products[rng.random_range(0..products.len())]
                 };
                 let mut e = Self::with_product(
-                    self.event(w, rng, EventType::PageView, &w.pages.product),
+                    self.event(rng, EventType::PageView, &w.pages.product),
                     &w.catalog[pick],
                 );
                 if self.next == Action::Land {
@@ -271,13 +270,13 @@ impl Session {
                     let p = w.popular_product(rng);
                     viewed = Some(p);
                     Self::with_product(
-                        self.event(w, rng, EventType::PageView, &pg.product),
+                        self.event(rng, EventType::PageView, &pg.product),
                         &w.catalog[p],
                     )
                 } else if r < 0.8 {
-                    self.event(w, rng, EventType::PageView, &pg.home)
+                    self.event(rng, EventType::PageView, &pg.home)
                 } else {
-                    let mut e = self.event(w, rng, EventType::PageView, &pg.category);
+                    let mut e = self.event(rng, EventType::PageView, &pg.category);
                     e.category = Some(w.catalog[w.popular_product(rng)].category.clone());
                     e
                 };
@@ -290,18 +289,18 @@ impl Session {
                 let p = w.popular_product(rng);
                 viewed = Some(p);
                 out.push(Self::with_product(
-                    self.event(w, rng, EventType::PageView, &pg.product),
+                    self.event(rng, EventType::PageView, &pg.product),
                     &w.catalog[p],
                 ));
             }
             Action::Category => {
-                let mut e = self.event(w, rng, EventType::PageView, &pg.category);
+                let mut e = self.event(rng, EventType::PageView, &pg.category);
                 e.category = Some(w.catalog[w.popular_product(rng)].category.clone());
                 out.push(e);
             }
-            Action::Search => out.push(self.event(w, rng, EventType::PageView, &pg.search)),
-            Action::CartPage => out.push(self.event(w, rng, EventType::PageView, &pg.cart)),
-            Action::Checkout => out.push(self.event(w, rng, EventType::PageView, &pg.checkout)),
+            Action::Search => out.push(self.event(rng, EventType::PageView, &pg.search)),
+            Action::CartPage => out.push(self.event(rng, EventType::PageView, &pg.cart)),
+            Action::Checkout => out.push(self.event(rng, EventType::PageView, &pg.checkout)),
             Action::AddToCart(p) => {
                 let qty = match rng.random_range(0..100) {
                     0..=74 => 1,
@@ -309,7 +308,7 @@ impl Session {
                     _ => rng.random_range(3..=5),
                 };
                 let mut e = Self::with_product(
-                    self.event(w, rng, EventType::AddToCart, &pg.product),
+                    self.event(rng, EventType::AddToCart, &pg.product),
                     &w.catalog[p],
                 );
                 e.quantity = Some(qty);
@@ -326,7 +325,7 @@ impl Session {
                 let order = uuid_from(rng);
                 for (i, &(p, qty)) in self.cart.iter().enumerate() {
                     let mut e = Self::with_product(
-                        self.event(w, rng, EventType::Purchase, &pg.checkout),
+                        self.event(rng, EventType::Purchase, &pg.checkout),
                         &w.catalog[p],
                     );
                     // Lines of one order are a millisecond apart so event time orders them.

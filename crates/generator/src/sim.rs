@@ -86,7 +86,8 @@ enum Immediate {
 }
 
 enum Delayed {
-    Late(Event),
+    // Boxed: late events are rare and this keeps duplicate entries small in the heap.
+    Late(Box<Event>),
     Duplicate { key: Uuid, payload: Vec<u8> },
 }
 
@@ -158,7 +159,7 @@ impl Simulator {
         // Visits start before `start` and their earlier events are dropped, so the stream
         // opens at steady state instead of ramping up from zero open visits. Capped so a
         // very high --eps does not spend long warming up.
-        let warmup_secs = (2_000_000.0 / cfg.eps).min(600.0);
+        let warmup_secs = (1_000_000.0 / cfg.eps).min(600.0);
         let world = World::new(cfg, catalog);
         let mut sim = Simulator {
             world,
@@ -477,7 +478,7 @@ impl Simulator {
                 self.delayed.push(Reverse(Due {
                     at: e.timestamp.add_micros((delay * 1e6) as i64),
                     seq: self.seq,
-                    item: Delayed::Late(e),
+                    item: Delayed::Late(Box::new(e)),
                 }));
             } else {
                 self.immediate.push_back(Immediate::Valid(e));
