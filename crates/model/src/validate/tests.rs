@@ -229,3 +229,38 @@ proptest! {
         let _ = parse_event(&good, &policy());
     }
 }
+
+/// The user-facing JSON Schema must describe the same contract as the validator.
+#[test]
+fn json_schema_document_matches_the_validator() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/event-schema.json")).unwrap();
+    let props: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let known: BTreeSet<&str> = FIELD_TYPES.iter().map(|(f, _)| *f).collect();
+    assert_eq!(props, known);
+    let types: Vec<&str> = schema["properties"]["event_type"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(types, EventType::ALL.map(EventType::as_str).to_vec());
+    let required: BTreeSet<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for field in ["event_id", "event_type", "timestamp", "user_id", "session_id"] {
+        assert!(required.contains(field));
+        let mut e = good_purchase();
+        e.as_object_mut().unwrap().remove(field);
+        assert!(parse_event(&serde_json::to_vec(&e).unwrap(), &policy()).is_err());
+    }
+    assert_eq!(required.len(), 5);
+}
