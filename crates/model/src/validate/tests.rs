@@ -256,7 +256,13 @@ fn json_schema_document_matches_the_validator() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for field in ["event_id", "event_type", "timestamp", "user_id", "session_id"] {
+    for field in [
+        "event_id",
+        "event_type",
+        "timestamp",
+        "user_id",
+        "session_id",
+    ] {
         assert!(required.contains(field));
         let mut e = good_purchase();
         e.as_object_mut().unwrap().remove(field);
