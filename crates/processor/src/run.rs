@@ -1,0 +1,449 @@
+//! The micro-batch loop: poll up to `batch_max_records` or `batch_max_wait`, validate,
+//! dead-letter the rejects, then one PostgreSQL transaction for everything else.
+//!
+//! Runs on a dedicated thread (librdkafka's consumer is blocking); PostgreSQL calls go
+//! through the runtime handle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clickstream_model::{parse_event, EventTime, ValidationPolicy};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio_postgres::Client;
+
+use crate::alerts::AlertSink;
+use crate::engine::{dedup_batch, BatchOutput, EngineConfig, PartitionState, SourcedEvent};
+use crate::kafka::{Assignment, DeadLetters, RestoringContext};
+use crate::metrics::{Metrics, PartitionLabel, ReasonLabel};
+use crate::store::{self, AlertRule, Heartbeat, Position, Rejected};
+use crate::ProcessorError;
+
+/// Settings of one processor instance.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Consumer group (instances in one group share the partitions).
+    pub group: String,
+    /// Source topic.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dlq_topic: String,
+    /// Writer-role connection URL.
+    pub database_url: String,
+    /// A batch closes at this many records...
+    pub batch_max_records: usize,
+    /// ... or this long after its first record.
+    pub batch_max_wait: Duration,
+    /// Operator settings.
+    pub engine: EngineConfig,
+    /// Flash-sale thresholds.
+    pub alert: AlertRule,
+    /// Oldest accepted event time, before now (also the dedup horizon).
+    pub max_event_age: Duration,
+    /// Furthest accepted event time ahead of now.
+    pub max_event_future: Duration,
+    /// Largest accepted record.
+    pub max_record_bytes: usize,
+    /// Keep every valid distinct event in `analytics.events`.
+    pub audit_events: bool,
+    /// Kafka group session timeout.
+    pub session_timeout: Duration,
+    /// This instance's name in heartbeats.
+    pub instance_id: String,
+    /// Extra librdkafka consumer properties.
+    pub kafka_opts: Vec<(String, String)>,
+}
+
+/// What a run did, for the caller's log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunReport {
+    /// Counters at the end.
+    pub totals: Heartbeat,
+}
+
+struct Owned {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+struct Part {
+    /// Next offset stored in PostgreSQL (what the fence expects).
+    stored_next: Option<i64>,
+    state: PartitionState,
+}
+
+struct Loop<'a> {
+    cfg: &'a ProcessorConfig,
+    handle: Handle,
+    client: Client,
+    consumer: BaseConsumer<RestoringContext>,
+    dlq: DeadLetters,
+    metrics: Arc<Metrics>,
+    sinks: Vec<Box<dyn AlertSink>>,
+    parts: HashMap<i32, Part>,
+    partition_count: i32,
+    alerts_closed_until: Option<EventTime>,
+    totals: Heartbeat,
+    started: chrono::DateTime<Utc>,
+}
+
+/// Runs until `stop` is set. Retriable failures (PostgreSQL away, fenced by a rebalance)
+/// abandon the batch, reload state and go on; others return an error.
+pub fn run(
+    cfg: &ProcessorConfig,
+    handle: Handle,
+    metrics: Arc<Metrics>,
+    sinks: Vec<Box<dyn AlertSink>>,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, ProcessorError> {
+    if cfg.engine.window_micros % cfg.engine.slide_micros != 0 {
+        return Err(ProcessorError::Config("the window length must be a multiple of the slide".into()));
+    }
+    let client = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
+    let loader = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
+    let ctx = RestoringContext::new(handle.clone(), loader, &cfg.group, &cfg.topic, cfg.engine);
+    let mut kc = ClientConfig::new();
+    kc.set("bootstrap.servers", &cfg.bootstrap)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 4).max(500).to_string())
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("client.id", &cfg.instance_id);
+    for (k, v) in &cfg.kafka_opts {
+        kc.set(k, v);
+    }
+    let consumer: BaseConsumer<RestoringContext> = kc.create_with_context(ctx)?;
+    let md = consumer.fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))?;
+    let partition_count = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == cfg.topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    if partition_count == 0 {
+        return Err(ProcessorError::Config(format!("topic {} does not exist or has no partitions", cfg.topic)));
+    }
+    consumer.subscribe(&[&cfg.topic])?;
+    let dlq = DeadLetters::new(&cfg.bootstrap, &cfg.dlq_topic, &cfg.topic)?;
+    let mut l = Loop {
+        cfg,
+        handle,
+        client,
+        consumer,
+        dlq,
+        metrics,
+        sinks,
+        parts: HashMap::new(),
+        partition_count,
+        alerts_closed_until: None,
+        totals: Heartbeat::default(),
+        started: Utc::now(),
+    };
+    tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
+    let mut last_lag = Instant::now() - Duration::from_secs(60);
+    let mut last_prune = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let batch = l.poll_batch(&stop)?;
+        if !batch.is_empty() {
+            let t0 = Instant::now();
+            match l.process(batch) {
+                Ok(()) => {
+                    l.metrics.batch_seconds.observe(t0.elapsed().as_secs_f64());
+                }
+                Err(e) if e.is_retriable() => {
+                    l.metrics.batches_abandoned.inc();
+                    tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
+                    l.reset(&stop)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if last_lag.elapsed() > Duration::from_secs(5) {
+            l.update_lag();
+            last_lag = Instant::now();
+        }
+        if last_prune.elapsed() > Duration::from_secs(600) {
+            l.prune();
+            last_prune = Instant::now();
+        }
+    }
+    tracing::info!("processor stopping: the last batch was committed");
+    Ok(RunReport { totals: l.totals })
+}
+
+impl Loop<'_> {
+    fn apply_assignment_changes(&mut self, batch: &mut Vec<Owned>) -> Result<(), ProcessorError> {
+        for change in self.consumer.context().take_changes() {
+            match change {
+                Assignment::Assigned(loaded) => {
+                    for (p, sp) in loaded {
+                        self.parts.insert(
+                            p,
+                            Part {
+                                stored_next: sp.next_offset,
+                                state: sp.state,
+                            },
+                        );
+                    }
+                }
+                Assignment::Revoked(ps) => {
+                    for p in &ps {
+                        self.parts.remove(p);
+                    }
+                    batch.retain(|r| !ps.contains(&r.partition));
+                }
+                Assignment::Failed(e) => return Err(ProcessorError::Restore(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_batch(&mut self, stop: &AtomicBool) -> Result<Vec<Owned>, ProcessorError> {
+        let mut batch: Vec<Owned> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        while batch.len() < self.cfg.batch_max_records && !stop.load(Ordering::Relaxed) {
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(w) if !w.is_zero() => w,
+                    _ => break,
+                },
+                None => Duration::from_millis(200),
+            };
+            let msg = self.consumer.poll(wait).map(|r| {
+                r.map(|m| Owned {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                })
+            });
+            self.apply_assignment_changes(&mut batch)?;
+            match msg {
+                None => {
+                    if deadline.is_none() {
+                        // Idle: hand back so the caller can refresh lag and check `stop`.
+                        return Ok(batch);
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                Some(Ok(m)) => {
+                    let Some(part) = self.parts.get(&m.partition) else { continue };
+                    if part.stored_next.is_some_and(|n| m.offset < n) {
+                        continue; // already committed in PostgreSQL
+                    }
+                    deadline.get_or_insert_with(|| Instant::now() + self.cfg.batch_max_wait);
+                    batch.push(m);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn policy(&self) -> ValidationPolicy {
+        let mut p = ValidationPolicy::new(EventTime::now());
+        p.max_age_micros = self.cfg.max_event_age.as_micros() as i64;
+        p.max_future_micros = self.cfg.max_event_future.as_micros() as i64;
+        p.max_bytes = self.cfg.max_record_bytes;
+        p
+    }
+
+    fn process(&mut self, batch: Vec<Owned>) -> Result<(), ProcessorError> {
+        let policy = self.policy();
+        let mut valid = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for r in batch.iter() {
+            ends.insert(r.partition, r.offset + 1);
+            match parse_event(&r.payload, &policy) {
+                Ok(event) => valid.push(SourcedEvent {
+                    event,
+                    partition: r.partition,
+                    offset: r.offset,
+                }),
+                Err(reason) => rejected.push(Rejected {
+                    partition: r.partition,
+                    offset: r.offset,
+                    reason: reason.code(),
+                    detail: reason.to_string(),
+                    key: r.key.clone(),
+                    payload: r.payload.clone(),
+                }),
+            }
+        }
+        let records = batch.len();
+        drop(batch);
+        let (valid, in_batch_dups) = dedup_batch(valid);
+        self.dlq.send_all(&rejected)?;
+
+        let expected: HashMap<i32, Option<i64>> = ends
+            .keys()
+            .map(|p| (*p, self.parts.get(p).and_then(|x| x.stored_next)))
+            .collect();
+        let cfg = self.cfg;
+        let t_commit = Instant::now();
+        let (out, applied, alerts, closed_until) = self.handle.clone().block_on(async {
+            let tx = self.client.transaction().await?;
+            store::fence(&tx, &cfg.group, &cfg.topic, &expected).await?;
+            let fresh = store::claim_new(&tx, &valid).await?;
+            let applied: Vec<SourcedEvent> =
+                valid.into_iter().filter(|e| fresh.contains(&e.event.event_id)).collect();
+            let mut out = BatchOutput::default();
+            for e in &applied {
+                if let Some(part) = self.parts.get_mut(&e.partition) {
+                    part.state.apply(e, &cfg.engine, &mut out);
+                }
+            }
+            for p in ends.keys() {
+                if let Some(part) = self.parts.get_mut(p) {
+                    part.state.finish_batch(&cfg.engine, &mut out);
+                }
+            }
+            if cfg.audit_events {
+                store::copy_events(&tx, &applied, &out.late_flags).await?;
+            }
+            store::write_outputs(&tx, &out, &cfg.engine).await?;
+            store::write_rejected(&tx, &cfg.topic, &rejected).await?;
+            let positions: Vec<Position> = ends
+                .iter()
+                .filter_map(|(p, next)| {
+                    self.parts.get(p).map(|part| Position {
+                        partition: *p,
+                        next_offset: *next,
+                        watermark: part.state.watermark,
+                        max_event_time: part.state.max_event_time,
+                    })
+                })
+                .collect();
+            store::write_positions(&tx, &cfg.group, &cfg.topic, &positions).await?;
+            let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, self.partition_count).await?;
+            let mut alerts = Vec::new();
+            if let Some(g) = gwm.filter(|g| self.alerts_closed_until.is_none_or(|c| *g > c)) {
+                alerts = store::raise_alerts(&tx, g, self.alerts_closed_until, cfg.alert).await?;
+            }
+            let mut hb = self.totals;
+            hb.batches += 1;
+            hb.records += records as i64;
+            hb.events += applied.len() as i64;
+            hb.rejected += rejected.len() as i64;
+            hb.late += out.late.len() as i64;
+            store::write_heartbeat(&tx, &cfg.instance_id, &cfg.group, self.started, &hb).await?;
+            tx.commit().await?;
+            Ok::<_, ProcessorError>((out, applied.len(), alerts, gwm))
+        })?;
+        let duplicates = records - rejected.len() - applied;
+        debug_assert!(duplicates >= in_batch_dups);
+
+        // Committed: advance what the fence expects, then tell Kafka and the world.
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in &ends {
+            if let Some(part) = self.parts.get_mut(p) {
+                part.stored_next = Some(*next);
+            }
+            let _ = tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset(*next));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit to kafka failed (PostgreSQL is authoritative)");
+        }
+        if closed_until.is_some() {
+            self.alerts_closed_until = closed_until.max(self.alerts_closed_until);
+        }
+        self.totals.batches += 1;
+        self.totals.records += records as i64;
+        self.totals.events += applied as i64;
+        self.totals.rejected += rejected.len() as i64;
+        self.totals.duplicates += duplicates as i64;
+        self.totals.late += out.late.len() as i64;
+        let m = &self.metrics;
+        m.commit_seconds.observe(t_commit.elapsed().as_secs_f64());
+        m.batches.inc();
+        m.batch_size.observe(records as f64);
+        m.records_in.inc_by(records as u64);
+        m.events_valid.inc_by(applied as u64);
+        m.duplicates.inc_by(duplicates as u64);
+        m.late.inc_by(out.late.len() as u64);
+        for r in &rejected {
+            m.rejected.get_or_create(&ReasonLabel { reason: r.reason.to_string() }).inc();
+        }
+        m.alerts.inc_by(alerts.len() as u64);
+        m.last_commit.set(Utc::now().timestamp_micros() as f64 / 1e6);
+        m.open_sessions
+            .set(self.parts.values().map(|p| p.state.open_sessions() as i64).sum());
+        for a in &alerts {
+            for s in &mut self.sinks {
+                s.raise(a);
+            }
+        }
+        tracing::debug!(records, applied, rejected = rejected.len(), duplicates, "batch committed");
+        Ok(())
+    }
+
+    /// After an abandoned batch: reload every assigned partition from PostgreSQL and seek
+    /// the consumer back to the stored offsets.
+    fn reset(&mut self, stop: &AtomicBool) -> Result<(), ProcessorError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let assigned: Vec<i32> = self
+                .consumer
+                .assignment()?
+                .elements_for_topic(&self.cfg.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            match self.consumer.context().load(&assigned) {
+                Ok(loaded) => {
+                    self.parts.clear();
+                    for (p, sp) in loaded {
+                        let offset = sp.next_offset.map_or(Offset::Beginning, Offset::Offset);
+                        if let Err(e) = self.consumer.seek(&self.cfg.topic, p, offset, Duration::from_secs(10)) {
+                            tracing::warn!(partition = p, error = %e, "seek failed");
+                        }
+                        self.parts.insert(p, Part { stored_next: sp.next_offset, state: sp.state });
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_retriable() && !stop.load(Ordering::Relaxed) => {
+                    tracing::warn!(error = %e, ?backoff, "reloading state failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    if self.client.is_closed() {
+                        if let Ok(c) = self.handle.block_on(clickstream_db::connect(&self.cfg.database_url)) {
+                            self.client = c;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn update_lag(&self) {
+        for (p, part) in &self.parts {
+            if let Ok((_, high)) = self.consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1)) {
+                let lag = high - part.stored_next.unwrap_or(0);
+                self.metrics.lag.get_or_create(&PartitionLabel { partition: *p }).set(lag.max(0));
+            }
+        }
+    }
+
+    fn prune(&self) {
+        let horizon = EventTime::now().add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
+        match self.handle.block_on(store::prune_seen(&self.client, horizon)) {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),
+        }
+    }
+}

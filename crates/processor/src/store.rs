@@ -1,0 +1,604 @@
+//! The PostgreSQL side of a batch: fencing by stored offsets, the dedup ledger, writing
+//! every output in bulk (`UNNEST` upserts and binary `COPY`, never a row per round trip),
+//! the flash-sale alert evaluation, and loading a partition's state on assignment.
+//!
+//! All SQL of the processor lives in this module.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::pin;
+
+use chrono::{DateTime, Utc};
+use clickstream_model::{EventTime, EventType};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, IsolationLevel, Transaction};
+use uuid::Uuid;
+
+use crate::engine::{BatchOutput, EngineConfig, PartitionState, Session, SourcedEvent};
+use crate::ProcessorError;
+
+/// Event time as a PostgreSQL `timestamptz` value.
+pub fn ts(t: EventTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.as_micros()).unwrap_or_default()
+}
+
+fn from_ts(t: DateTime<Utc>) -> EventTime {
+    EventTime::from_micros(t.timestamp_micros())
+}
+
+/// What storage knows about one partition.
+#[derive(Debug)]
+pub struct StoredPartition {
+    /// Next offset to process, if the partition was processed before.
+    pub next_offset: Option<i64>,
+    /// Restored operator state.
+    pub state: PartitionState,
+}
+
+/// Loads offsets, watermarks and open sessions of `partitions` from one consistent snapshot.
+pub async fn load_partitions(
+    client: &mut Client,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    cfg: &EngineConfig,
+) -> Result<Vec<(i32, StoredPartition)>, ProcessorError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT kafka_partition, next_offset, watermark, max_event_time
+               FROM analytics.consumer_offsets
+              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
+            &[&group, &topic, &partitions],
+        )
+        .await?;
+    let mut offsets: HashMap<i32, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    let rows = tx
+        .query(
+            "SELECT session_key, user_id, kafka_partition, session_start, session_end, events,
+                    page_views, cart_adds, purchases, revenue_cents, device, country, is_bot
+               FROM analytics.sessions
+              WHERE is_open AND kafka_partition = ANY($1)",
+            &[&partitions],
+        )
+        .await?;
+    let mut sessions: HashMap<i32, Vec<Session>> = HashMap::new();
+    for r in rows {
+        let partition: i32 = r.get(2);
+        sessions.entry(partition).or_default().push(Session {
+            key: r.get(0),
+            user_id: r.get(1),
+            partition,
+            start: from_ts(r.get(3)),
+            end: from_ts(r.get(4)),
+            events: r.get(5),
+            page_views: r.get(6),
+            cart_adds: r.get(7),
+            purchases: r.get(8),
+            revenue_cents: r.get(9),
+            device: r.get::<_, Option<String>>(10).map(Into::into),
+            country: r.get::<_, Option<String>>(11).map(Into::into),
+            is_bot: r.get(12),
+            is_open: true,
+        });
+    }
+    tx.commit().await?;
+    Ok(partitions
+        .iter()
+        .map(|&p| {
+            let (next, wm, max) = offsets.remove(&p).map_or((None, None, None), |(o, w, m)| (Some(o), w, m));
+            let state = PartitionState::restore(
+                p,
+                wm.map(from_ts),
+                max.map(from_ts),
+                sessions.remove(&p).unwrap_or_default(),
+                cfg,
+            );
+            (p, StoredPartition { next_offset: next, state })
+        })
+        .collect())
+}
+
+/// Locks this batch's offset rows and checks nobody else advanced them since we loaded
+/// them. A mismatch means another instance owns the partition now (or a zombie of ours
+/// committed): the batch must be abandoned.
+pub async fn fence(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    expected: &HashMap<i32, Option<i64>>,
+) -> Result<(), ProcessorError> {
+    let parts: Vec<i32> = expected.keys().copied().collect();
+    let rows = tx
+        .query(
+            "SELECT kafka_partition, next_offset FROM analytics.consumer_offsets
+              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)
+              FOR UPDATE",
+            &[&group, &topic, &parts],
+        )
+        .await?;
+    let found: HashMap<i32, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (p, want) in expected {
+        let got = found.get(p).copied();
+        if got != *want {
+            return Err(ProcessorError::Fenced {
+                partition: *p,
+                expected: *want,
+                found: got,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Records event ids in the dedup ledger; returns the ids that were new.
+pub async fn claim_new(tx: &Transaction<'_>, events: &[SourcedEvent]) -> Result<HashSet<Uuid>, ProcessorError> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event.event_id).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| ts(e.event.timestamp)).collect();
+    let rows = tx
+        .query(
+            "INSERT INTO analytics.seen_events (event_id, event_time)
+             SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])
+             ON CONFLICT DO NOTHING RETURNING event_id",
+            &[&ids, &times],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Appends the distinct valid events to the audit table with binary COPY.
+pub async fn copy_events(tx: &Transaction<'_>, events: &[SourcedEvent], late: &[bool]) -> Result<(), ProcessorError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(
+            "COPY analytics.events (event_id, event_type, event_time, user_id, session_id, product_id,
+                category, price_cents, quantity, order_id, amount_cents, device, country, user_agent,
+                referrer, utm_source, page, kafka_partition, kafka_offset, is_late) FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::UUID,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::UUID,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT4,
+        Type::UUID,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT8,
+        Type::BOOL,
+    ];
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    for (e, &is_late) in events.iter().zip(late) {
+        let ev = &e.event;
+        let price = ev.price.map(|m| m.cents());
+        let qty = ev.quantity.map(|q| q as i32);
+        let amount = ev.amount.map(|m| m.cents());
+        let row: [&(dyn ToSql + Sync); 20] = [
+            &ev.event_id,
+            &ev.event_type.as_str(),
+            &ts(ev.timestamp),
+            &ev.user_id,
+            &ev.session_id,
+            &ev.product_id.as_deref(),
+            &ev.category.as_deref(),
+            &price,
+            &qty,
+            &ev.order_id,
+            &amount,
+            &ev.device.as_deref(),
+            &ev.country.as_deref(),
+            &ev.user_agent.as_deref(),
+            &ev.referrer.as_deref(),
+            &ev.utm_source.as_deref(),
+            &ev.page.as_deref(),
+            &e.partition,
+            &e.offset,
+            &is_late,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.as_mut().finish().await?;
+    Ok(())
+}
+
+/// Writes every aggregate, session and late record of the batch.
+pub async fn write_outputs(tx: &Transaction<'_>, out: &BatchOutput, cfg: &EngineConfig) -> Result<(), ProcessorError> {
+    if !out.minutes.is_empty() {
+        let mut minute = Vec::new();
+        let mut ty = Vec::new();
+        let (mut events, mut units, mut revenue, mut late, mut bot) = (vec![], vec![], vec![], vec![], vec![]);
+        for ((m, t), d) in &out.minutes {
+            minute.push(ts(EventTime::from_micros(*m)));
+            ty.push(t.as_str());
+            events.push(d.events);
+            units.push(d.units);
+            revenue.push(d.revenue_cents);
+            late.push(d.late);
+            bot.push(d.bot);
+        }
+        tx.execute(
+            "INSERT INTO analytics.metrics_minute AS t
+                    (minute, event_type, events, units, revenue_cents, late_events, bot_events)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+             ON CONFLICT (minute, event_type) DO UPDATE SET
+                events = t.events + EXCLUDED.events, units = t.units + EXCLUDED.units,
+                revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents,
+                late_events = t.late_events + EXCLUDED.late_events, bot_events = t.bot_events + EXCLUDED.bot_events",
+            &[&minute, &ty, &events, &units, &revenue, &late, &bot],
+        )
+        .await?;
+    }
+    if !out.products.is_empty() {
+        let mut minute = Vec::new();
+        let mut id = Vec::new();
+        let mut cat = Vec::new();
+        let (mut v, mut c, mut p, mut u, mut r) = (vec![], vec![], vec![], vec![], vec![]);
+        for ((m, pid), d) in &out.products {
+            minute.push(ts(EventTime::from_micros(*m)));
+            id.push(&**pid);
+            cat.push(d.category.as_deref().unwrap_or(""));
+            v.push(d.views);
+            c.push(d.cart_adds);
+            p.push(d.purchases);
+            u.push(d.units);
+            r.push(d.revenue_cents);
+        }
+        tx.execute(
+            "INSERT INTO analytics.product_minute AS t
+                    (minute, product_id, category, views, cart_adds, purchases, units, revenue_cents)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
+             ON CONFLICT (minute, product_id) DO UPDATE SET
+                views = t.views + EXCLUDED.views, cart_adds = t.cart_adds + EXCLUDED.cart_adds,
+                purchases = t.purchases + EXCLUDED.purchases, units = t.units + EXCLUDED.units,
+                revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents",
+            &[&minute, &id, &cat, &v, &c, &p, &u, &r],
+        )
+        .await?;
+    }
+    if !out.categories.is_empty() {
+        let mut minute = Vec::new();
+        let mut cat = Vec::new();
+        let (mut v, mut c, mut p, mut u, mut r) = (vec![], vec![], vec![], vec![], vec![]);
+        for ((m, name), d) in &out.categories {
+            minute.push(ts(EventTime::from_micros(*m)));
+            cat.push(&**name);
+            v.push(d.views);
+            c.push(d.cart_adds);
+            p.push(d.purchases);
+            u.push(d.units);
+            r.push(d.revenue_cents);
+        }
+        tx.execute(
+            "INSERT INTO analytics.category_minute AS t
+                    (minute, category, views, cart_adds, purchases, units, revenue_cents)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+             ON CONFLICT (minute, category) DO UPDATE SET
+                views = t.views + EXCLUDED.views, cart_adds = t.cart_adds + EXCLUDED.cart_adds,
+                purchases = t.purchases + EXCLUDED.purchases, units = t.units + EXCLUDED.units,
+                revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents",
+            &[&minute, &cat, &v, &c, &p, &u, &r],
+        )
+        .await?;
+    }
+    if !out.windows.is_empty() {
+        let (mut start, mut end, mut id) = (vec![], vec![], vec![]);
+        let (mut v, mut p, mut lv, mut lp) = (vec![], vec![], vec![], vec![]);
+        for ((s, pid), d) in &out.windows {
+            start.push(ts(EventTime::from_micros(*s)));
+            end.push(ts(EventTime::from_micros(s + cfg.window_micros)));
+            id.push(&**pid);
+            v.push(d.views);
+            p.push(d.purchases);
+            lv.push(d.late_views);
+            lp.push(d.late_purchases);
+        }
+        tx.execute(
+            "INSERT INTO analytics.product_window AS t
+                    (window_start, window_end, product_id, views, purchases, late_views, late_purchases)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::timestamptz[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+             ON CONFLICT (window_start, product_id) DO UPDATE SET
+                views = t.views + EXCLUDED.views, purchases = t.purchases + EXCLUDED.purchases,
+                late_views = t.late_views + EXCLUDED.late_views,
+                late_purchases = t.late_purchases + EXCLUDED.late_purchases",
+            &[&start, &end, &id, &v, &p, &lv, &lp],
+        )
+        .await?;
+    }
+    if !out.sessions.is_empty() {
+        write_sessions(tx, out.sessions.values()).await?;
+    }
+    if !out.late.is_empty() {
+        let id: Vec<Uuid> = out.late.iter().map(|l| l.event_id).collect();
+        let ty: Vec<&str> = out.late.iter().map(|l| l.event_type.as_str()).collect();
+        let t: Vec<DateTime<Utc>> = out.late.iter().map(|l| ts(l.event_time)).collect();
+        let wm: Vec<DateTime<Utc>> = out.late.iter().map(|l| ts(l.watermark)).collect();
+        let part: Vec<i32> = out.late.iter().map(|l| l.partition).collect();
+        let off: Vec<i64> = out.late.iter().map(|l| l.offset).collect();
+        let abs: Vec<bool> = out.late.iter().map(|l| l.absorbed).collect();
+        tx.execute(
+            "INSERT INTO analytics.late_events
+                    (event_id, event_type, event_time, watermark, kafka_partition, kafka_offset, absorbed_by_session)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int4[], $6::int8[], $7::bool[])
+             ON CONFLICT (event_id) DO NOTHING",
+            &[&id, &ty, &t, &wm, &part, &off, &abs],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_sessions<'a>(
+    tx: &Transaction<'_>,
+    sessions: impl Iterator<Item = &'a Session>,
+) -> Result<(), ProcessorError> {
+    let (mut key, mut user, mut part, mut start, mut end) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut ev, mut pv, mut ca, mut pu, mut rev) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut dev, mut cty, mut bot, mut open) = (vec![], vec![], vec![], vec![]);
+    for s in sessions {
+        key.push(s.key);
+        user.push(s.user_id);
+        part.push(s.partition);
+        start.push(ts(s.start));
+        end.push(ts(s.end));
+        ev.push(s.events);
+        pv.push(s.page_views);
+        ca.push(s.cart_adds);
+        pu.push(s.purchases);
+        rev.push(s.revenue_cents);
+        dev.push(s.device.as_deref());
+        cty.push(s.country.as_deref());
+        bot.push(s.is_bot);
+        open.push(s.is_open);
+    }
+    tx.execute(
+        "INSERT INTO analytics.sessions AS t
+                (session_key, user_id, kafka_partition, session_start, session_end, events, page_views,
+                 cart_adds, purchases, revenue_cents, device, country, is_bot, is_open)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::timestamptz[], $5::timestamptz[],
+                              $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::int8[], $11::text[],
+                              $12::text[], $13::bool[], $14::bool[])
+         ON CONFLICT (session_key) DO UPDATE SET
+            session_start = EXCLUDED.session_start, session_end = EXCLUDED.session_end,
+            events = EXCLUDED.events, page_views = EXCLUDED.page_views, cart_adds = EXCLUDED.cart_adds,
+            purchases = EXCLUDED.purchases, revenue_cents = EXCLUDED.revenue_cents,
+            is_open = EXCLUDED.is_open, updated_at = now()",
+        &[&key, &user, &part, &start, &end, &ev, &pv, &ca, &pu, &rev, &dev, &cty, &bot, &open],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A record that failed validation, for `analytics.rejected_events`.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Reason code.
+    pub reason: &'static str,
+    /// Human-readable detail.
+    pub detail: String,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value, untouched.
+    pub payload: Vec<u8>,
+}
+
+/// Largest payload prefix kept in the rejected table.
+pub const REJECTED_PAYLOAD_LIMIT: usize = 64 * 1024;
+
+/// Writes rejected records (idempotent by source position).
+pub async fn write_rejected(tx: &Transaction<'_>, topic: &str, rejected: &[Rejected]) -> Result<(), ProcessorError> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let part: Vec<i32> = rejected.iter().map(|r| r.partition).collect();
+    let off: Vec<i64> = rejected.iter().map(|r| r.offset).collect();
+    let reason: Vec<&str> = rejected.iter().map(|r| r.reason).collect();
+    let detail: Vec<&str> = rejected.iter().map(|r| r.detail.as_str()).collect();
+    let size: Vec<i32> = rejected.iter().map(|r| r.payload.len() as i32).collect();
+    let payload: Vec<&[u8]> = rejected
+        .iter()
+        .map(|r| &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_LIMIT)])
+        .collect();
+    let key: Vec<Option<&[u8]>> = rejected.iter().map(|r| r.key.as_deref()).collect();
+    tx.execute(
+        "INSERT INTO analytics.rejected_events
+                (topic, kafka_partition, kafka_offset, reason, detail, payload_bytes, payload, record_key)
+         SELECT $1, * FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[])
+         ON CONFLICT DO NOTHING",
+        &[&topic, &part, &off, &reason, &detail, &size, &payload, &key],
+    )
+    .await?;
+    Ok(())
+}
+
+/// New position and watermark of one partition after the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to read.
+    pub next_offset: i64,
+    /// Partition watermark.
+    pub watermark: Option<EventTime>,
+    /// Largest event time seen.
+    pub max_event_time: Option<EventTime>,
+}
+
+/// Upserts the positions reached by this batch.
+pub async fn write_positions(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    positions: &[Position],
+) -> Result<(), ProcessorError> {
+    let part: Vec<i32> = positions.iter().map(|p| p.partition).collect();
+    let next: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
+    let wm: Vec<Option<DateTime<Utc>>> = positions.iter().map(|p| p.watermark.map(ts)).collect();
+    let max: Vec<Option<DateTime<Utc>>> = positions.iter().map(|p| p.max_event_time.map(ts)).collect();
+    tx.execute(
+        "INSERT INTO analytics.consumer_offsets AS t
+                (consumer_group, topic, kafka_partition, next_offset, watermark, max_event_time, updated_at)
+         SELECT $1, $2, p, o, w, m, now()
+           FROM UNNEST($3::int4[], $4::int8[], $5::timestamptz[], $6::timestamptz[]) AS u(p, o, w, m)
+         ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET
+            next_offset = EXCLUDED.next_offset, watermark = EXCLUDED.watermark,
+            max_event_time = EXCLUDED.max_event_time, updated_at = now()",
+        &[&group, &topic, &part, &next, &wm, &max],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A flash-sale alert: a product with many views and few purchases in a closed window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Window start.
+    pub window_start: EventTime,
+    /// Window end.
+    pub window_end: EventTime,
+    /// Product.
+    pub product_id: String,
+    /// Views counted in the window.
+    pub views: i64,
+    /// Purchases counted in the window.
+    pub purchases: i64,
+}
+
+/// Alert thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertRule {
+    /// Alert when views exceed this.
+    pub min_views: i64,
+    /// ... and purchases stay below this.
+    pub max_purchases: i64,
+}
+
+/// The global watermark: the smallest partition watermark, once every partition of the
+/// topic has one. Windows ending at or before it are final.
+pub async fn global_watermark(
+    tx: &Transaction<'_>,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Option<EventTime>, ProcessorError> {
+    let row = tx
+        .query_one(
+            "SELECT count(watermark), min(watermark) FROM analytics.consumer_offsets
+              WHERE consumer_group = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await?;
+    let with_watermark: i64 = row.get(0);
+    let min: Option<DateTime<Utc>> = row.get(1);
+    Ok((with_watermark >= i64::from(partitions)).then_some(min).flatten().map(from_ts))
+}
+
+/// Raises one alert per closed window that breaks the rule and has none yet; returns the
+/// alerts this call inserted.
+pub async fn raise_alerts(
+    tx: &Transaction<'_>,
+    closed_until: EventTime,
+    since: Option<EventTime>,
+    rule: AlertRule,
+) -> Result<Vec<Alert>, ProcessorError> {
+    let since = since.map(ts).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let rows = tx
+        .query(
+            "INSERT INTO analytics.flash_sale_alerts (window_start, window_end, product_id, views, purchases)
+             SELECT window_start, window_end, product_id, views, purchases
+               FROM analytics.product_window
+              WHERE window_end <= $1 AND window_end > $2 AND views > $3 AND purchases < $4
+             ON CONFLICT DO NOTHING
+             RETURNING window_start, window_end, product_id, views, purchases",
+            &[&ts(closed_until), &since, &rule.min_views, &rule.max_purchases],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Alert {
+            window_start: from_ts(r.get(0)),
+            window_end: from_ts(r.get(1)),
+            product_id: r.get(2),
+            views: r.get(3),
+            purchases: r.get(4),
+        })
+        .collect())
+}
+
+/// Per-instance counters for `clickstream status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heartbeat {
+    /// Batches committed.
+    pub batches: i64,
+    /// Records consumed.
+    pub records: i64,
+    /// Distinct valid events applied.
+    pub events: i64,
+    /// Records rejected.
+    pub rejected: i64,
+    /// Duplicates dropped.
+    pub duplicates: i64,
+    /// Late events.
+    pub late: i64,
+}
+
+/// Upserts this instance's heartbeat row.
+pub async fn write_heartbeat(
+    tx: &Transaction<'_>,
+    instance: &str,
+    group: &str,
+    started: DateTime<Utc>,
+    hb: &Heartbeat,
+) -> Result<(), ProcessorError> {
+    tx.execute(
+        "INSERT INTO analytics.processor_heartbeat AS t
+                (instance_id, consumer_group, started_at, last_commit_at, batches, records, events, rejected, duplicates, late)
+         VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (instance_id) DO UPDATE SET last_commit_at = now(), batches = EXCLUDED.batches,
+            records = EXCLUDED.records, events = EXCLUDED.events, rejected = EXCLUDED.rejected,
+            duplicates = EXCLUDED.duplicates, late = EXCLUDED.late",
+        &[&instance, &group, &started, &hb.batches, &hb.records, &hb.events, &hb.rejected, &hb.duplicates, &hb.late],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes dedup ledger entries older than the horizon (events that old are rejected by
+/// validation anyway, so they can never be duplicates of an accepted event).
+pub async fn prune_seen(client: &Client, older_than: EventTime) -> Result<u64, ProcessorError> {
+    Ok(client
+        .execute("DELETE FROM analytics.seen_events WHERE event_time < $1", &[&ts(older_than)])
+        .await?)
+}
+
+/// Event types in the order dashboards show them.
+pub fn event_type_names() -> [&'static str; 3] {
+    EventType::ALL.map(EventType::as_str)
+}
