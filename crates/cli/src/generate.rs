@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +156,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 20)]
     linger_ms: u32,
     /// Extra librdkafka producer property `key=value` (repeatable).
-    #[arg(long = "kafka-opt", value_parser = parse_kv)]
+    #[arg(long = "kafka-opt", value_parser = crate::parse_kv)]
     kafka_opts: Vec<(String, String)>,
     /// Writer connection used to upsert the catalog into `analytics.dim_product`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -167,12 +167,6 @@ pub struct GenerateArgs {
     /// Live progress line on stderr.
     #[arg(long, value_enum, default_value_t = Progress::Auto)]
     progress: Progress,
-}
-
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 impl GenerateArgs {
@@ -223,29 +217,6 @@ impl GenerateArgs {
         }
         Ok(cfg)
     }
-}
-
-/// Sets the flag on Ctrl-C or SIGTERM so the loop stops, flushes and summarises.
-fn stop_on_signal(stop: Arc<AtomicBool>) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-        tracing::info!("stop requested; flushing");
-        stop.store(true, Ordering::Relaxed);
-    });
 }
 
 pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -302,7 +273,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(stop.clone());
+    crate::signals::stop_on_signal(stop.clone());
     let opts = RunOptions {
         count: args.count,
         duration: args.duration,

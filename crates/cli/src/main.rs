@@ -3,6 +3,9 @@
 
 mod generate;
 mod migrate;
+mod process;
+mod signals;
+mod status;
 
 use std::io::IsTerminal;
 
@@ -40,6 +43,17 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Create or upgrade the `analytics` schema and set the application roles' passwords.
     Migrate(migrate::MigrateArgs),
+    /// Consume raw events and maintain the analytics tables in PostgreSQL, exactly once.
+    Process(Box<process::ProcessArgs>),
+    /// Show consumer lag per partition, last commits and processing rates.
+    Status(status::StatusArgs),
+}
+
+/// Parses `key=value` (librdkafka properties).
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
@@ -65,6 +79,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(*args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Process(args) => process::run(*args).await,
+        Command::Status(args) => status::run(args).await,
     }
 }
 

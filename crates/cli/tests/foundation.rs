@@ -188,14 +188,15 @@ async fn generated_events_round_trip_through_kafka() {
     let from_file: Vec<&[u8]> = text.split(|b| *b == b'\n').take(n).collect();
     assert_eq!(
         histogram(from_file.iter().copied()),
-        histogram(records.iter().map(|r| r.2.as_slice()))
+        histogram(records.iter().map(|r| r.value.as_slice()))
     );
 
     let mut partition_of_key: HashMap<Vec<u8>, i32> = HashMap::new();
     let mut seen = HashSet::new();
     let (mut valid, mut dups, mut bad) = (0usize, 0usize, 0usize);
-    for (partition, key, value) in &records {
-        let key = key.clone().expect("every record is keyed");
+    for r in &records {
+        let (partition, value) = (&r.partition, &r.value);
+        let key = r.key.clone().expect("every record is keyed");
         assert_eq!(
             *partition_of_key.entry(key.clone()).or_insert(*partition),
             *partition,

@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// All migrations of this build, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "foundation",
-    sql: include_str!("../../../db/migrations/0001_foundation.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "foundation",
+        sql: include_str!("../../../db/migrations/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "stream_processor",
+        sql: include_str!("../../../db/migrations/0002_stream_processor.sql"),
+    },
+];
 
 /// The application roles the migrations create.
 pub const WRITER_ROLE: &str = "clickstream_writer";

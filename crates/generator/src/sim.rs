@@ -307,17 +307,19 @@ impl Simulator {
         let at = self.next_arrival;
         let mut rng = std::mem::replace(&mut self.rng, Pcg64Mcg::new(0));
         let kind = self.kind_for(at, &mut rng);
+        // Visits of the warm-up (before `start`) are not counted: their events are dropped.
+        let counted = u64::from(at >= self.world.cfg.start);
         let visitor = if matches!(kind, Kind::Bot { .. }) {
-            self.stats.bot_sessions += 1;
+            self.stats.bot_sessions += counted;
             self.visitor_for_bot(&mut rng)
         } else {
             if matches!(kind, Kind::FlashVisitor { .. }) {
-                self.stats.flash_sessions += 1;
+                self.stats.flash_sessions += counted;
             }
             let n = self.users.len();
             let returning = self.seen > 0
                 && (self.seen >= n || rng.random_bool(self.world.cfg.returning_share));
-            self.stats.returning_sessions += u64::from(returning);
+            self.stats.returning_sessions += u64::from(returning) * counted;
             let idx = if returning {
                 rng.random_range(0..self.seen)
             } else {
@@ -333,7 +335,7 @@ impl Simulator {
             }
         };
         let session = Session::new(visitor, kind, at, &mut rng, &self.world);
-        self.stats.sessions += 1;
+        self.stats.sessions += counted;
         let gap = -(1.0 - rng.random::<f64>()).ln() * self.mean_gap_secs / self.traffic_factor(at);
         self.next_arrival = at.add_micros((gap * 1e6) as i64);
         self.rng = rng;

@@ -171,8 +171,12 @@ pub fn run(
                 Err(e) => return Err(e),
             }
         }
-        if last_lag.elapsed() > Duration::from_secs(5) {
+        if last_lag.elapsed() > Duration::from_secs(2) {
             l.update_lag();
+            // Other instances may have moved the global watermark while we idled.
+            if let Err(e) = l.evaluate_alerts() {
+                tracing::warn!(error = %e, "evaluating alerts failed; will retry");
+            }
             last_lag = Instant::now();
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
@@ -427,6 +431,33 @@ impl Loop<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Raises alerts for windows closed since the last evaluation, in its own transaction.
+    fn evaluate_alerts(&mut self) -> Result<(), ProcessorError> {
+        let cfg = self.cfg;
+        let since = self.alerts_closed_until;
+        let count = self.partition_count;
+        let (alerts, gwm) = self.handle.clone().block_on(async {
+            let tx = self.client.transaction().await?;
+            let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, count).await?;
+            let mut alerts = Vec::new();
+            if let Some(g) = gwm.filter(|g| since.is_none_or(|c| *g > c)) {
+                alerts = store::raise_alerts(&tx, g, since, cfg.alert).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, ProcessorError>((alerts, gwm))
+        })?;
+        if gwm.is_some() {
+            self.alerts_closed_until = gwm.max(since);
+        }
+        self.metrics.alerts.inc_by(alerts.len() as u64);
+        for a in &alerts {
+            for s in &mut self.sinks {
+                s.raise(a);
+            }
+        }
+        Ok(())
     }
 
     fn update_lag(&self) {

@@ -528,13 +528,14 @@ pub async fn raise_alerts(
     since: Option<EventTime>,
     rule: AlertRule,
 ) -> Result<Vec<Alert>, ProcessorError> {
-    let since = since.map(ts).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let since: Option<DateTime<Utc>> = since.map(ts);
     let rows = tx
         .query(
             "INSERT INTO analytics.flash_sale_alerts (window_start, window_end, product_id, views, purchases)
              SELECT window_start, window_end, product_id, views, purchases
                FROM analytics.product_window
-              WHERE window_end <= $1 AND window_end > $2 AND views > $3 AND purchases < $4
+              WHERE window_end <= $1 AND ($2::timestamptz IS NULL OR window_end > $2)
+                AND views > $3 AND purchases < $4
              ON CONFLICT DO NOTHING
              RETURNING window_start, window_end, product_id, views, purchases",
             &[&ts(closed_until), &since, &rule.min_views, &rule.max_purchases],

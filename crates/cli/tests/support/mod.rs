@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -132,15 +134,37 @@ pub fn clickstream() -> Command {
     c
 }
 
-/// Every record of `topic` from the beginning, as (partition, key, value), waiting until
-/// `expected` records arrived or `timeout` passed.
-pub fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<(i32, Option<Vec<u8>>, Vec<u8>)> {
+/// One Kafka record as read back.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+fn owned(msg: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
+    use rdkafka::message::Headers;
+    Rec {
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().unwrap_or_default().to_vec(),
+        headers: msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Every record of `topic` from the beginning, waiting until `expected` records arrived or
+/// `timeout` passed (then 2 s more, to catch any extra).
+pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<Rec> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -159,22 +183,14 @@ pub fn read_topic(
     while out.len() < expected && Instant::now() < deadline {
         if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
             let msg = msg.expect("kafka read");
-            out.push((
-                msg.partition(),
-                msg.key().map(<[u8]>::to_vec),
-                msg.payload().unwrap_or_default().to_vec(),
-            ));
+            out.push(owned(&msg));
         }
     }
     // Anything beyond `expected` would be a bug too: drain briefly to see it.
     let extra_deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < extra_deadline {
         if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-            out.push((
-                msg.partition(),
-                msg.key().map(<[u8]>::to_vec),
-                msg.payload().unwrap_or_default().to_vec(),
-            ));
+            out.push(owned(&msg));
         }
     }
     out
@@ -187,4 +203,104 @@ pub fn histogram<T: std::hash::Hash + Eq>(xs: impl IntoIterator<Item = T>) -> Ha
         *h.entry(x).or_default() += 1;
     }
     h
+}
+
+/// Creates a topic (the broker does not auto-create).
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .expect("create topic");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+/// Per-partition end offsets (next offset after the last record) of `records`.
+pub fn end_offsets(records: &[Rec]) -> HashMap<i32, i64> {
+    let mut ends = HashMap::new();
+    for r in records {
+        let e = ends.entry(r.partition).or_insert(0);
+        *e = (*e).max(r.offset + 1);
+    }
+    ends
+}
+
+/// Waits until the processor committed `ends` for every partition.
+pub async fn wait_caught_up(db_url: &str, group: &str, topic: &str, ends: &HashMap<i32, i64>, timeout: Duration) {
+    let client = connect(db_url).await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = client
+            .query(
+                "SELECT kafka_partition, next_offset FROM analytics.consumer_offsets
+                  WHERE consumer_group = $1 AND topic = $2",
+                &[&group, &topic],
+            )
+            .await
+            .expect("read offsets");
+        let got: HashMap<i32, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if ends.iter().all(|(p, e)| got.get(p) == Some(e)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processor did not catch up: committed {got:?}, want {ends:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A running `clickstream process`.
+pub struct Processor {
+    pub child: std::process::Child,
+}
+
+impl Processor {
+    pub fn start(s: &Services, db: &TestDb, topic: &str, dlq: &str, group: &str, extra: &[&str]) -> Processor {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{group}-{}.log", unique("p")))).unwrap();
+        let child = clickstream()
+            .args(["process", "--bootstrap", &s.bootstrap, "--topic", topic, "--dlq-topic", dlq])
+            .args(["--group", group, "--database-url", &db.writer_url])
+            .args(["--metrics-addr", "127.0.0.1:0", "--session-timeout", "6s"])
+            .args(extra)
+            .stderr(log)
+            .spawn()
+            .expect("start clickstream process");
+        Processor { child }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then the exit status must be success.
+    pub fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "processor exit after SIGTERM: {status}");
+    }
+
+    pub fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+/// A random number from the OS (tests only need "unpredictable", not reproducible).
+pub fn random_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }

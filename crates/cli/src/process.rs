@@ -1,0 +1,158 @@
+//! `clickstream process`: flags -> [`ProcessorConfig`], the `/metrics` endpoint, and the
+//! batch loop on its own thread with Ctrl-C / SIGTERM wired to a stop flag.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use clap::Args;
+use clickstream_processor::metrics::{render, Metrics, Registry};
+use clickstream_processor::store::AlertRule;
+use clickstream_processor::{AlertSink, EngineConfig, LogAlertSink, ProcessorConfig};
+
+fn micros(d: Duration) -> i64 {
+    d.as_micros() as i64
+}
+
+/// Settings of `clickstream process`.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Consumer group; instances with the same group share the partitions.
+    #[arg(long, env = "CLICKSTREAM_GROUP", default_value = "clickstream-processor")]
+    group: String,
+    /// Topic of raw events.
+    #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
+    topic: String,
+    /// Dead-letter topic for rejected records.
+    #[arg(long, env = "CLICKSTREAM_DLQ_TOPIC", default_value = "clickstream.dlq")]
+    dlq_topic: String,
+    /// Writer-role PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// A micro-batch closes at this many records...
+    #[arg(long, env = "CLICKSTREAM_BATCH_MAX_RECORDS", default_value_t = 50_000)]
+    batch_max_records: usize,
+    /// ... or this long after its first record.
+    #[arg(long, env = "CLICKSTREAM_BATCH_MAX_WAIT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    batch_max_wait: Duration,
+    /// Allowed lateness: the watermark trails the largest event time by this much.
+    #[arg(long, env = "CLICKSTREAM_ALLOWED_LATENESS", default_value = "2m", value_parser = humantime::parse_duration)]
+    allowed_lateness: Duration,
+    /// Session inactivity gap (event time).
+    #[arg(long, env = "CLICKSTREAM_SESSION_GAP", default_value = "30m", value_parser = humantime::parse_duration)]
+    session_gap: Duration,
+    /// Flash-sale window length.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    alert_window: Duration,
+    /// Flash-sale window slide (must divide the length).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    alert_slide: Duration,
+    /// Alert when a product has more views than this in a window...
+    #[arg(long, env = "CLICKSTREAM_ALERT_MIN_VIEWS", default_value_t = 100)]
+    alert_min_views: i64,
+    /// ... and fewer purchases than this.
+    #[arg(long, env = "CLICKSTREAM_ALERT_MAX_PURCHASES", default_value_t = 5)]
+    alert_max_purchases: i64,
+    /// Reject events older than this (also how long event ids are remembered for dedup).
+    #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
+    max_event_age: Duration,
+    /// Reject events further in the future than this (clock skew).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    max_event_future: Duration,
+    /// Reject records larger than this many bytes.
+    #[arg(long, default_value_t = 65_536)]
+    max_record_bytes: usize,
+    /// Do not keep raw valid events in `analytics.events` (the lake keeps them).
+    #[arg(long, env = "CLICKSTREAM_NO_AUDIT")]
+    no_audit: bool,
+    /// Kafka group session timeout: how fast a dead instance's partitions move on.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
+    /// Name of this instance in heartbeats and Kafka's client.id.
+    #[arg(long, env = "CLICKSTREAM_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint (port 0 picks a free one).
+    #[arg(long, env = "CLICKSTREAM_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    metrics_addr: SocketAddr,
+    /// Extra librdkafka consumer property `key=value` (repeatable).
+    #[arg(long = "kafka-opt", value_parser = crate::parse_kv)]
+    kafka_opts: Vec<(String, String)>,
+}
+
+pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let cfg = ProcessorConfig {
+        bootstrap: args.bootstrap,
+        group: args.group,
+        topic: args.topic,
+        dlq_topic: args.dlq_topic,
+        database_url: args.database_url,
+        batch_max_records: args.batch_max_records.max(1),
+        batch_max_wait: args.batch_max_wait,
+        engine: EngineConfig {
+            lateness_micros: micros(args.allowed_lateness),
+            session_gap_micros: micros(args.session_gap),
+            window_micros: micros(args.alert_window),
+            slide_micros: micros(args.alert_slide).max(1),
+        },
+        alert: AlertRule {
+            min_views: args.alert_min_views,
+            max_purchases: args.alert_max_purchases,
+        },
+        max_event_age: args.max_event_age,
+        max_event_future: args.max_event_future,
+        max_record_bytes: args.max_record_bytes,
+        audit_events: !args.no_audit,
+        session_timeout: args.session_timeout,
+        instance_id: args
+            .instance_id
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        kafka_opts: args.kafka_opts,
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let registry = Arc::new(registry);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let r = registry.clone();
+            async move { render(&r) }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::signals::stop_on_signal(stop.clone());
+    let handle = tokio::runtime::Handle::current();
+    let sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(LogAlertSink)];
+    let report = tokio::task::spawn_blocking(move || {
+        clickstream_processor::run(&cfg, handle, metrics, sinks, stop)
+    })
+    .await??;
+    let t = report.totals;
+    tracing::info!(
+        batches = t.batches,
+        records = t.records,
+        events = t.events,
+        rejected = t.rejected,
+        duplicates = t.duplicates,
+        late = t.late,
+        "processor stopped cleanly"
+    );
+    Ok(())
+}

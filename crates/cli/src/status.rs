@@ -1,0 +1,96 @@
+//! `clickstream status`: consumer lag per partition (Kafka high watermark minus the offset
+//! committed in PostgreSQL), watermarks, and each processor instance's last commit and rates.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+/// Settings of `clickstream status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// PostgreSQL URL (the read-only role is enough).
+    #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Consumer group of the processor.
+    #[arg(long, env = "CLICKSTREAM_GROUP", default_value = "clickstream-processor")]
+    group: String,
+    /// Topic of raw events.
+    #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
+    topic: String,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let client = clickstream_db::connect(&args.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let rows = client
+        .query(
+            "SELECT kafka_partition, next_offset, coalesce(watermark::text, '-'),
+                    extract(epoch FROM now() - updated_at)::float8
+               FROM analytics.consumer_offsets
+              WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
+            &[&args.group, &args.topic],
+        )
+        .await
+        .context("reading analytics.consumer_offsets (has `clickstream migrate` run?)")?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .create()
+        .context("creating a Kafka client")?;
+    let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(5)))
+        .with_context(|| format!("reading metadata of {} from {}", args.topic, args.bootstrap))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == args.topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    println!("topic {}  group {}", args.topic, args.group);
+    println!("{:>9} {:>12} {:>12} {:>10}  {:<32} {:>12}", "partition", "committed", "end", "lag", "watermark", "last commit");
+    let mut total_lag = 0i64;
+    for p in &partitions {
+        let (_, high) = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(&args.topic, *p, Duration::from_secs(5))
+        })?;
+        let row = rows.iter().find(|r| r.get::<_, i32>(0) == *p);
+        let committed: i64 = row.map_or(0, |r| r.get(1));
+        let wm: String = row.map_or("-".into(), |r| r.get(2));
+        let age = row.map_or("never".into(), |r| format!("{:.1}s ago", r.get::<_, f64>(3)));
+        let lag = (high - committed).max(0);
+        total_lag += lag;
+        println!("{p:>9} {committed:>12} {high:>12} {lag:>10}  {wm:<32} {age:>12}");
+    }
+    println!("total lag: {total_lag} records");
+    let inst = client
+        .query(
+            "SELECT instance_id, extract(epoch FROM now() - last_commit_at)::float8,
+                    extract(epoch FROM last_commit_at - started_at)::float8,
+                    batches, records, events, rejected, duplicates, late
+               FROM analytics.processor_heartbeat WHERE consumer_group = $1 ORDER BY last_commit_at DESC",
+            &[&args.group],
+        )
+        .await?;
+    for r in inst {
+        let up: f64 = r.get(2);
+        let events: i64 = r.get(5);
+        println!(
+            "instance {}: last commit {:.1}s ago, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
+            r.get::<_, String>(0),
+            r.get::<_, f64>(1),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            events,
+            events as f64 / up.max(1e-3),
+            r.get::<_, i64>(6),
+            r.get::<_, i64>(7),
+            r.get::<_, i64>(8),
+        );
+    }
+    Ok(())
+}
