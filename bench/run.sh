@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Benchmarks, printed as a Markdown table (copied into README.md by hand with the machine).
 #
-#   bench/run.sh [generator]      simulator throughput to a null sink and into local Kafka
+#   bench/run.sh generator     simulator throughput to a null sink and into local Kafka
+#   bench/run.sh processor     end-to-end throughput (Kafka -> PostgreSQL, committed with
+#                              offsets), processor peak RSS and CPU, and latency from
+#                              produce to commit at a fixed 5,000 events/s
+#   bench/run.sh               both
 #
-# Settings: BENCH_EVENTS (default 5000000 records per run). Uses the local stack
-# (dev/stack.sh up is run first) and a fresh topic per run.
+# Settings: BENCH_EVENTS (generator runs, default 5000000), BENCH_PROCESSOR_EVENTS
+# (default 2000000), BENCH_LATENCY_SECONDS (default 60). Uses the local stack
+# (dev/stack.sh up is run first), a fresh topic per run and a scratch database
+# `clickstream_bench` (dropped and re-created).
 set -euo pipefail
 . "$(dirname "$0")/../dev/lib.sh"
 cd "$ROOT"
 
 N=${BENCH_EVENTS:-5000000}
-what=${1:-generator}
+what=${1:-all}
 apt_ensure time
-cargo build --release --locked --bin clickstream 2>&1 | tail -n1 >&2
+cargo build --release --locked --bin clickstream --bin latency-probe 2>&1 | tail -n1 >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/clickstream
+PROBE=${CARGO_TARGET_DIR:-$ROOT/target}/release/latency-probe
 dev/stack.sh up >&2
 load_env
 
@@ -32,7 +39,7 @@ echo "machine: $machine; $(date -u +%Y-%m-%d); records per run: $N"
 echo
 echo "| benchmark | settings | records/s | peak RSS |"
 echo "|---|---|---:|---:|"
-if [ "$what" = generator ]; then
+if [ "$what" = generator ] || [ "$what" = all ]; then
     read -r rate rss < <(measure "$BIN" generate --sink null --no-pacing --no-catalog --progress never -n "$N")
     printf '| generate -> null sink (simulate + serialise JSON) | defaults, --no-pacing | %s | %s MB |\n' "$rate" "$rss"
     topic="bench.raw.$(date +%s)"
@@ -40,4 +47,46 @@ if [ "$what" = generator ]; then
     printf '| generate -> local Kafka (acked, incl. final flush) | 6 partitions, lz4, linger 20 ms, idempotent | %s | %s MB |\n' "$rate" "$rss"
     read -r rate rss < <(measure "$BIN" generate --sink kafka --topic "$topic.zstd" --compression zstd --no-pacing --no-catalog --progress never -n "$N")
     printf '| generate -> local Kafka, zstd | as above, zstd | %s | %s MB |\n' "$rate" "$rss"
+fi
+
+if [ "$what" = processor ] || [ "$what" = all ]; then
+    P=${BENCH_PROCESSOR_EVENTS:-2000000}
+    LAT=${BENCH_LATENCY_SECONDS:-60}
+    base=${ADMIN_DATABASE_URL%/*}
+    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
+    export ADMIN_DATABASE_URL="$base/clickstream_bench"
+    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
+    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
+    "$BIN" migrate >&2 2>/dev/null
+    stamp=$(date +%s)
+    topic="bench.e2e.$stamp"
+    start=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
+    "$BIN" generate --topic "$topic" --no-pacing --no-catalog --progress never --start "$start" -n "$P" 2>/dev/null
+    committed() {
+        psql "$ADMIN_DATABASE_URL" -tAc "SELECT coalesce(sum(next_offset),0) FROM analytics.consumer_offsets WHERE consumer_group = '$1'"
+    }
+    t0=$(date +%s.%N)
+    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-time.txt" \
+        "$BIN" process --topic "$topic" --group "e2e-$stamp" --metrics-addr 127.0.0.1:0 2>"$STATE/bench-process.log" &
+    pid=$!
+    until [ "$(committed "e2e-$stamp")" -ge "$P" ]; do sleep 0.2; done
+    t1=$(date +%s.%N)
+    kill -TERM "$pid"; wait "$pid" || true
+    rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-time.txt" | cut -d= -f2)
+    cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-time.txt" | cut -d= -f2 | bc)
+    rate=$(echo "$P / ($t1 - $t0)" | bc)
+    cpu_per_m=$(echo "scale=1; $cpu * 1000000 / $P" | bc)
+    printf '| process: Kafka -> PostgreSQL, committed with offsets (%s records backlog, incl. start-up) | batch <= 50,000 / 250 ms, audit table on, 6 partitions, 1 instance | %s | %s MB |\n' "$P" "$rate" "$((rss / 1024))"
+    echo
+    echo "processor CPU: ${cpu_per_m} CPU-seconds per million records (user+sys)"
+
+    topic="bench.lat.$stamp"
+    "$BIN" process --topic "$topic" --group "lat-$stamp" --metrics-addr 127.0.0.1:0 2>"$STATE/bench-latency.log" &
+    ppid=$!
+    "$BIN" generate --topic "$topic" --no-catalog --progress never --eps 5000 --duration "$((LAT + 5))s" 2>/dev/null &
+    gpid=$!
+    lat=$("$PROBE" --topic "$topic" --group "lat-$stamp" --duration "$LAT" --skip 5)
+    wait "$gpid" || true
+    kill -TERM "$ppid"; wait "$ppid" || true
+    echo "latency at 5,000 events/s for ${LAT}s (produce time -> PostgreSQL commit, 5 ms polling): $lat"
 fi

@@ -68,6 +68,10 @@ pub struct GenerateArgs {
     /// Send as fast as the sink accepts instead of in real time (event times are unchanged).
     #[arg(long)]
     no_pacing: bool,
+    /// Replay speed when pacing: event time runs this many times faster than the wall
+    /// clock (`60` plays an hour of traffic in a minute).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
     /// Event time of the first event: RFC 3339, or `now`.
     #[arg(long, default_value = "now")]
     start: String,
@@ -221,6 +225,9 @@ impl GenerateArgs {
 
 pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let cfg = args.sim_config()?;
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        bail!("--speed must be a positive number, got {}", args.speed);
+    }
     let sim = tokio::task::spawn_blocking(move || Simulator::new(cfg))
         .await?
         .map_err(anyhow::Error::msg)?;
@@ -278,6 +285,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
         count: args.count,
         duration: args.duration,
         pace: !args.no_pacing,
+        speed: args.speed,
         progress: match args.progress {
             Progress::Always => true,
             Progress::Never => false,

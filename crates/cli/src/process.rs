@@ -24,7 +24,11 @@ pub struct ProcessArgs {
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Consumer group; instances with the same group share the partitions.
-    #[arg(long, env = "CLICKSTREAM_GROUP", default_value = "clickstream-processor")]
+    #[arg(
+        long,
+        env = "CLICKSTREAM_GROUP",
+        default_value = "clickstream-processor"
+    )]
     group: String,
     /// Topic of raw events.
     #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
@@ -78,7 +82,11 @@ pub struct ProcessArgs {
     #[arg(long, env = "CLICKSTREAM_INSTANCE_ID")]
     instance_id: Option<String>,
     /// Address of the Prometheus `/metrics` endpoint (port 0 picks a free one).
-    #[arg(long, env = "CLICKSTREAM_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    #[arg(
+        long,
+        env = "CLICKSTREAM_METRICS_ADDR",
+        default_value = "127.0.0.1:9187"
+    )]
     metrics_addr: SocketAddr,
     /// Extra librdkafka consumer property `key=value` (repeatable).
     #[arg(long = "kafka-opt", value_parser = crate::parse_kv)]

@@ -18,7 +18,11 @@ pub struct StatusArgs {
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Consumer group of the processor.
-    #[arg(long, env = "CLICKSTREAM_GROUP", default_value = "clickstream-processor")]
+    #[arg(
+        long,
+        env = "CLICKSTREAM_GROUP",
+        default_value = "clickstream-processor"
+    )]
     group: String,
     /// Topic of raw events.
     #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
@@ -43,8 +47,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.bootstrap)
         .create()
         .context("creating a Kafka client")?;
-    let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(5)))
-        .with_context(|| format!("reading metadata of {} from {}", args.topic, args.bootstrap))?;
+    let md = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(5))
+    })
+    .with_context(|| format!("reading metadata of {} from {}", args.topic, args.bootstrap))?;
     let partitions: Vec<i32> = md
         .topics()
         .iter()
@@ -52,7 +58,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     println!("topic {}  group {}", args.topic, args.group);
-    println!("{:>9} {:>12} {:>12} {:>10}  {:<32} {:>12}", "partition", "committed", "end", "lag", "watermark", "last commit");
+    println!(
+        "{:>9} {:>12} {:>12} {:>10}  {:<32} {:>12}",
+        "partition", "committed", "end", "lag", "watermark", "last commit"
+    );
     let mut total_lag = 0i64;
     for p in &partitions {
         let (_, high) = tokio::task::block_in_place(|| {
@@ -61,7 +70,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         let row = rows.iter().find(|r| r.get::<_, i32>(0) == *p);
         let committed: i64 = row.map_or(0, |r| r.get(1));
         let wm: String = row.map_or("-".into(), |r| r.get(2));
-        let age = row.map_or("never".into(), |r| format!("{:.1}s ago", r.get::<_, f64>(3)));
+        let age = row.map_or("never".into(), |r| {
+            format!("{:.1}s ago", r.get::<_, f64>(3))
+        });
         let lag = (high - committed).max(0);
         total_lag += lag;
         println!("{p:>9} {committed:>12} {high:>12} {lag:>10}  {wm:<32} {age:>12}");

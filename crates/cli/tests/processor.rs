@@ -25,8 +25,18 @@ const SEM: Semantics = Semantics {
 
 fn processor_flags() -> Vec<&'static str> {
     vec![
-        "--allowed-lateness", "20s", "--session-gap", "5m", "--alert-window", "2m", "--alert-slide", "1m",
-        "--alert-min-views", "30", "--alert-max-purchases", "3", "--batch-max-records", "5000",
+        "--allowed-lateness",
+        "20s",
+        "--session-gap",
+        "5m",
+        "--alert-window",
+        "2m",
+        "--alert-slide",
+        "1m",
+        "--alert-min-views",
+        "30",
+        "--alert-max-purchases",
+        "3",
     ]
 }
 
@@ -36,27 +46,105 @@ fn policy() -> ValidationPolicy {
     ValidationPolicy::new(EventTime::now())
 }
 
-/// Streams `n` simulated records into a new topic (event time starting 3 hours ago).
-async fn simulated_topic(s: &Services, partitions: i32, n: usize, seed: u64) -> (String, Vec<Rec>) {
+/// A topic being filled by the simulator (event time starting 3 hours ago).
+struct Feed {
+    topic: String,
+    partitions: i32,
+    n: usize,
+    child: std::process::Child,
+}
+
+/// Starts streaming `n` simulated records into a new topic: flat out, or paced at
+/// `speed` times real time (100 events per second of event time) so that processors
+/// consume them live.
+async fn start_feed(
+    s: &Services,
+    partitions: i32,
+    n: usize,
+    seed: u64,
+    speed: Option<f64>,
+) -> Feed {
     let topic = unique("raw");
+    create_topic(&s.bootstrap, &topic, partitions).await;
     let start = EventTime::from_millis(EventTime::now().as_millis() - 3 * 3_600_000).to_string();
-    let out = clickstream()
-        .args(["generate", "--sink", "kafka", "--bootstrap", &s.bootstrap, "--topic", &topic])
-        .args(["--partitions", &partitions.to_string(), "--count", &n.to_string(), "--no-pacing"])
-        .args(["--seed", &seed.to_string(), "--start", &start, "--eps", "100", "--no-catalog"])
-        .args(["--late-rate", "0.03", "--late-mean-secs", "25", "--duplicate-rate", "0.02"])
-        .args(["--malformed-rate", "0.01", "--flash-sale-every", "10m", "--flash-sale-duration", "3m"])
-        .args(["--flash-sale-share", "0.5", "--users", "5000", "--progress", "never"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let records = read_topic(&s.bootstrap, &topic, partitions, n, Duration::from_secs(60));
-    assert_eq!(records.len(), n);
-    (topic, records)
+    let mut cmd = clickstream();
+    cmd.args([
+        "generate",
+        "--sink",
+        "kafka",
+        "--bootstrap",
+        &s.bootstrap,
+        "--topic",
+        &topic,
+    ])
+    .args(["--count", &n.to_string()])
+    .args([
+        "--seed",
+        &seed.to_string(),
+        "--start",
+        &start,
+        "--eps",
+        "100",
+        "--no-catalog",
+    ])
+    .args([
+        "--late-rate",
+        "0.03",
+        "--late-mean-secs",
+        "25",
+        "--duplicate-rate",
+        "0.02",
+    ])
+    .args([
+        "--malformed-rate",
+        "0.01",
+        "--flash-sale-every",
+        "10m",
+        "--flash-sale-duration",
+        "3m",
+    ])
+    .args([
+        "--flash-sale-share",
+        "0.5",
+        "--users",
+        "5000",
+        "--progress",
+        "never",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    match speed {
+        Some(x) => cmd.args(["--speed", &x.to_string()]),
+        None => cmd.arg("--no-pacing"),
+    };
+    Feed {
+        topic,
+        partitions,
+        n,
+        child: cmd.spawn().expect("start generator"),
+    }
+}
+
+/// Waits for the generator and reads back everything it produced.
+fn finish_feed(s: &Services, mut feed: Feed) -> (String, Vec<Rec>) {
+    let status = feed.child.wait().unwrap();
+    assert!(status.success(), "generator failed");
+    let records = read_topic(
+        &s.bootstrap,
+        &feed.topic,
+        feed.partitions,
+        feed.n,
+        Duration::from_secs(60),
+    );
+    assert_eq!(records.len(), feed.n);
+    (feed.topic, records)
 }
 
 fn expected_for(records: &[Rec]) -> Expected {
-    let raw: Vec<(i32, i64, Vec<u8>)> = records.iter().map(|r| (r.partition, r.offset, r.value.clone())).collect();
+    let raw: Vec<(i32, i64, Vec<u8>)> = records
+        .iter()
+        .map(|r| (r.partition, r.offset, r.value.clone()))
+        .collect();
     reference::compute(&raw, &policy(), SEM)
 }
 
@@ -79,7 +167,10 @@ async fn actual(db: &TestDb) -> Expected {
             Minute { events: r.get(2), units: r.get(3), revenue: r.get(4), late: r.get(5), bot: r.get(6) },
         );
     }
-    for (table, key) in [("product_minute", "product_id"), ("category_minute", "category")] {
+    for (table, key) in [
+        ("product_minute", "product_id"),
+        ("category_minute", "category"),
+    ] {
         for r in c
             .query(&format!("SELECT {}, {key}, views, cart_adds, purchases, units, revenue_cents FROM analytics.{table}", us("minute")), &[])
             .await
@@ -121,25 +212,53 @@ async fn actual(db: &TestDb) -> Expected {
             (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8), r.get(9)),
         );
     }
-    for r in c.query("SELECT event_id, absorbed_by_session FROM analytics.late_events", &[]).await.unwrap() {
+    for r in c
+        .query(
+            "SELECT event_id, absorbed_by_session FROM analytics.late_events",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
         x.late.insert(r.get(0), r.get(1));
     }
     for r in c
-        .query(&format!("SELECT {}, product_id, views, purchases FROM analytics.flash_sale_alerts", us("window_start")), &[])
+        .query(
+            &format!(
+                "SELECT {}, product_id, views, purchases FROM analytics.flash_sale_alerts",
+                us("window_start")
+            ),
+            &[],
+        )
         .await
         .unwrap()
     {
         x.alerts.insert((r.get(0), r.get(1)), (r.get(2), r.get(3)));
     }
-    for r in c.query("SELECT kafka_partition, kafka_offset, reason FROM analytics.rejected_events", &[]).await.unwrap() {
+    for r in c
+        .query(
+            "SELECT kafka_partition, kafka_offset, reason FROM analytics.rejected_events",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
         x.rejected.insert((r.get(0), r.get(1)), r.get(2));
     }
-    let n: i64 = c.query_one("SELECT count(*) FROM analytics.events", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM analytics.events", &[])
+        .await
+        .unwrap()
+        .get(0);
     x.distinct_events = n as usize;
     x
 }
 
-fn diff<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(name: &str, want: &BTreeMap<K, V>, got: &BTreeMap<K, V>) -> Vec<String> {
+fn diff<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    name: &str,
+    want: &BTreeMap<K, V>,
+    got: &BTreeMap<K, V>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in want {
         match got.get(k) {
@@ -168,13 +287,27 @@ fn assert_exact(want: &Expected, got: &Expected) {
     d.extend(diff("flash_sale_alerts", &want.alerts, &got.alerts));
     d.extend(diff("rejected_events", &want.rejected, &got.rejected));
     if want.distinct_events != got.distinct_events {
-        d.push(format!("events: expected {}, got {}", want.distinct_events, got.distinct_events));
+        d.push(format!(
+            "events: expected {}, got {}",
+            want.distinct_events, got.distinct_events
+        ));
     }
-    assert!(d.is_empty(), "{} differences, first ones:\n{}", d.len(), d.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        d.is_empty(),
+        "{} differences, first ones:\n{}",
+        d.len(),
+        d.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
     // The run must have exercised what it claims to check.
-    assert!(want.late.values().any(|a| *a) && want.late.values().any(|a| !*a), "late events of both kinds");
+    assert!(
+        want.late.values().any(|a| *a) && want.late.values().any(|a| !*a),
+        "late events of both kinds"
+    );
     assert!(!want.alerts.is_empty(), "some flash-sale alerts");
-    assert!(want.sessions.values().any(|s| !s.8) && want.sessions.values().any(|s| s.8), "open and closed sessions");
+    assert!(
+        want.sessions.values().any(|s| !s.8) && want.sessions.values().any(|s| s.8),
+        "open and closed sessions"
+    );
     assert!(want.rejected.len() > 100);
 }
 
@@ -182,12 +315,19 @@ fn assert_exact(want: &Expected, got: &Expected) {
 async fn results_equal_an_independent_reference() {
     let s = services();
     let db = TestDb::create(&s).await;
-    let (topic, records) = simulated_topic(&s, 4, 200_000, 101).await;
+    let (topic, records) = finish_feed(&s, start_feed(&s, 4, 200_000, 101, None).await);
     let dlq = unique("dlq");
     create_topic(&s.bootstrap, &dlq, 1).await;
     let group = unique("g");
     let p = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
-    wait_caught_up(&db.admin_url, &group, &topic, &end_offsets(&records), Duration::from_secs(300)).await;
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &end_offsets(&records),
+        Duration::from_secs(300),
+    )
+    .await;
     // One more idle round lets the alert evaluation see the final global watermark.
     tokio::time::sleep(Duration::from_secs(3)).await;
     p.stop();
@@ -195,13 +335,32 @@ async fn results_equal_an_independent_reference() {
     assert_exact(&want, &actual(&db).await);
 
     // Every rejected record is in the dead-letter topic, untouched, with its reason.
-    let dead = read_topic(&s.bootstrap, &dlq, 1, want.rejected.len(), Duration::from_secs(30));
-    let by_source: HashMap<(i32, i64), &Rec> = records.iter().map(|r| ((r.partition, r.offset), r)).collect();
+    let dead = read_topic(
+        &s.bootstrap,
+        &dlq,
+        1,
+        want.rejected.len(),
+        Duration::from_secs(30),
+    );
+    let by_source: HashMap<(i32, i64), &Rec> = records
+        .iter()
+        .map(|r| ((r.partition, r.offset), r))
+        .collect();
     let mut dlq_seen = BTreeMap::new();
     for d in &dead {
-        let h: HashMap<&str, &str> = d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let src = (h["source.partition"].parse().unwrap(), h["source.offset"].parse().unwrap());
-        assert_eq!(by_source[&src].value, d.value, "dead letters carry the payload untouched");
+        let h: HashMap<&str, &str> = d
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let src = (
+            h["source.partition"].parse().unwrap(),
+            h["source.offset"].parse().unwrap(),
+        );
+        assert_eq!(
+            by_source[&src].value, d.value,
+            "dead letters carry the payload untouched"
+        );
         dlq_seen.insert(src, h["reason"].to_string());
     }
     assert_eq!(dlq_seen, want.rejected);
@@ -212,22 +371,38 @@ async fn results_equal_an_independent_reference() {
 async fn kill_9_and_restart_changes_nothing() {
     let s = services();
     let db = TestDb::create(&s).await;
-    let (topic, records) = simulated_topic(&s, 4, 150_000, 202).await;
+    // The simulator streams live (~5,000 records/s for ~30 s) while the processor is
+    // killed and restarted, so every kill lands mid-run and mid-batch.
+    let feed = start_feed(&s, 4, 150_000, 202, Some(50.0)).await;
+    let topic = feed.topic.clone();
     let dlq = unique("dlq");
     create_topic(&s.bootstrap, &dlq, 1).await;
     let group = unique("g");
-    let ends = end_offsets(&records);
-    let mut kills = 0;
+    let mut progress = Vec::new();
     let mut p = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
-    while kills < 6 {
-        // Let it run a random while (past start-up, mid-batch), then pull the plug.
-        tokio::time::sleep(Duration::from_millis(1500 + random_u64() % 2500)).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(2500 + random_u64() % 2000)).await;
         assert!(p.is_running(), "processor died on its own");
         p.kill9();
-        kills += 1;
+        progress.push(committed(&db.admin_url, &group, &topic).await);
         p = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
     }
-    wait_caught_up(&db.admin_url, &group, &topic, &ends, Duration::from_secs(300)).await;
+    let (_, records) = finish_feed(&s, feed);
+    let ends = end_offsets(&records);
+    let total: i64 = ends.values().sum();
+    let mid_run = progress.iter().filter(|&&c| c > 0 && c < total).count();
+    assert!(
+        mid_run >= 5,
+        "kills must land mid-run; committed at each kill: {progress:?} of {total}"
+    );
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(300),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     p.stop();
     let want = expected_for(&records);
@@ -239,17 +414,32 @@ async fn kill_9_and_restart_changes_nothing() {
 async fn rebalance_with_an_instance_killed_is_exact() {
     let s = services();
     let db = TestDb::create(&s).await;
-    let (topic, records) = simulated_topic(&s, 6, 150_000, 303).await;
+    let feed = start_feed(&s, 6, 150_000, 303, Some(50.0)).await;
+    let topic = feed.topic.clone();
     let dlq = unique("dlq");
     create_topic(&s.bootstrap, &dlq, 1).await;
     let group = unique("g");
-    let ends = end_offsets(&records);
     let a = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
     let b = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
     let c = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = committed(&db.admin_url, &group, &topic).await;
     b.kill9();
-    wait_caught_up(&db.admin_url, &group, &topic, &ends, Duration::from_secs(300)).await;
+    let (_, records) = finish_feed(&s, feed);
+    let ends = end_offsets(&records);
+    let total: i64 = ends.values().sum();
+    assert!(
+        before > 0 && before < total,
+        "the kill must land mid-run: {before} of {total} committed"
+    );
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(300),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     a.stop();
     c.stop();
@@ -260,7 +450,13 @@ async fn rebalance_with_an_instance_killed_is_exact() {
 
 fn good_event(minutes_ago: i64) -> Vec<u8> {
     let now = EventTime::now().as_micros() - minutes_ago * 60_000_000;
-    let mut e = Event::new(Uuid::new_v4(), EventType::Purchase, EventTime::from_micros(now), Uuid::new_v4(), Uuid::new_v4());
+    let mut e = Event::new(
+        Uuid::new_v4(),
+        EventType::Purchase,
+        EventTime::from_micros(now),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
     e.product_id = Some("P00001".into());
     e.category = Some("toys".into());
     e.price = Some(Money(1999));
@@ -293,16 +489,42 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
         ("not_json", good[..good.len() / 2].to_vec()),
         ("not_json", b"<html>502 Bad Gateway</html>".to_vec()),
         ("wrong_type", tweak(|v| v["quantity"] = json!("2"))),
-        ("null_field", tweak(|v| v["event_id"] = serde_json::Value::Null)),
-        ("missing_field", tweak(|v| { v.as_object_mut().unwrap().remove("timestamp"); })),
-        ("unknown_event_type", tweak(|v| v["event_type"] = json!("refund"))),
+        (
+            "null_field",
+            tweak(|v| v["event_id"] = serde_json::Value::Null),
+        ),
+        (
+            "missing_field",
+            tweak(|v| {
+                v.as_object_mut().unwrap().remove("timestamp");
+            }),
+        ),
+        (
+            "unknown_event_type",
+            tweak(|v| v["event_type"] = json!("refund")),
+        ),
         ("invalid_uuid", tweak(|v| v["user_id"] = json!("12345"))),
-        ("non_finite_number", String::from_utf8(good.clone()).unwrap().replace("\"price\":19.99", "\"price\":NaN").into_bytes()),
+        (
+            "non_finite_number",
+            String::from_utf8(good.clone())
+                .unwrap()
+                .replace("\"price\":19.99", "\"price\":NaN")
+                .into_bytes(),
+        ),
         ("negative_amount", tweak(|v| v["price"] = json!(-19.99))),
         ("amount_too_large", tweak(|v| v["price"] = json!(1e15))),
-        ("timestamp_too_old", tweak(|v| v["timestamp"] = json!("1970-01-01T00:00:00Z"))),
-        ("timestamp_in_future", tweak(|v| v["timestamp"] = json!("2100-01-01T00:00:00Z"))),
-        ("invalid_timestamp", tweak(|v| v["timestamp"] = json!("23/11/2026 10:00"))),
+        (
+            "timestamp_too_old",
+            tweak(|v| v["timestamp"] = json!("1970-01-01T00:00:00Z")),
+        ),
+        (
+            "timestamp_in_future",
+            tweak(|v| v["timestamp"] = json!("2100-01-01T00:00:00Z")),
+        ),
+        (
+            "invalid_timestamp",
+            tweak(|v| v["timestamp"] = json!("23/11/2026 10:00")),
+        ),
         ("not_utf8", non_utf8),
         ("too_large", {
             let mut big = good.clone();
@@ -316,8 +538,14 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
         ("not_an_object", b"[\"page_view\"]".to_vec()),
         ("invalid_quantity", tweak(|v| v["quantity"] = json!(0))),
         ("amount_mismatch", tweak(|v| v["amount"] = json!(1.0))),
-        ("unsupported_schema_version", tweak(|v| v["schema_version"] = json!(9))),
-        ("bad_field_length", tweak(|v| v["product_id"] = json!("p".repeat(300)))),
+        (
+            "unsupported_schema_version",
+            tweak(|v| v["schema_version"] = json!(9)),
+        ),
+        (
+            "bad_field_length",
+            tweak(|v| v["product_id"] = json!("p".repeat(300))),
+        ),
     ];
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &s.bootstrap)
@@ -328,33 +556,74 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     payloads.extend(corpus.iter().map(|(_, p)| p.clone()));
     payloads.push(good_event(4));
     for p in &payloads {
-        producer.send(BaseRecord::<[u8], [u8]>::to(&topic).key(b"k".as_slice()).payload(p.as_slice())).unwrap();
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(&topic)
+                    .key(b"k".as_slice())
+                    .payload(p.as_slice()),
+            )
+            .unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let group = unique("g");
     let mut p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
     let ends = HashMap::from([(0, payloads.len() as i64)]);
-    wait_caught_up(&db.admin_url, &group, &topic, &ends, Duration::from_secs(120)).await;
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(120),
+    )
+    .await;
     assert!(p.is_running(), "bad input must not stop the processor");
 
     let c = connect(&db.admin_url).await;
     let rows = c
-        .query("SELECT kafka_offset, reason, payload_bytes FROM analytics.rejected_events ORDER BY 1", &[])
+        .query(
+            "SELECT kafka_offset, reason, payload_bytes FROM analytics.rejected_events ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap();
     let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let want: Vec<(i64, String)> = corpus.iter().enumerate().map(|(i, (r, _))| (i as i64 + 1, r.to_string())).collect();
+    let want: Vec<(i64, String)> = corpus
+        .iter()
+        .enumerate()
+        .map(|(i, (r, _))| (i as i64 + 1, r.to_string()))
+        .collect();
     assert_eq!(got, want);
-    let big: i32 = rows.iter().find(|r| r.get::<_, String>(1) == "too_large").unwrap().get(2);
-    assert!(big > 2_000_000, "the size of an oversized record is recorded");
-    let events: i64 = c.query_one("SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute", &[]).await.unwrap().get(0);
-    assert_eq!(events, 2, "the good records around the bad ones are processed");
+    let big: i32 = rows
+        .iter()
+        .find(|r| r.get::<_, String>(1) == "too_large")
+        .unwrap()
+        .get(2);
+    assert!(
+        big > 2_000_000,
+        "the size of an oversized record is recorded"
+    );
+    let events: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        events, 2,
+        "the good records around the bad ones are processed"
+    );
 
     let dead = read_topic(&s.bootstrap, &dlq, 1, corpus.len(), Duration::from_secs(30));
     assert_eq!(dead.len(), corpus.len());
     for (d, (reason, payload)) in dead.iter().zip(&corpus) {
-        let h: HashMap<&str, &str> = d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let h: HashMap<&str, &str> = d
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(h["reason"], *reason);
         assert_eq!(&d.value, payload, "payload untouched");
         assert_eq!(h["source.topic"], topic);

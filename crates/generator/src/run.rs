@@ -19,6 +19,8 @@ pub struct RunOptions {
     /// Send each record when its simulated send time comes (real time); otherwise as fast
     /// as the sink takes them, event times still spaced as if at `--eps`.
     pub pace: bool,
+    /// Replay speed when pacing: event time runs this many times faster than the wall clock.
+    pub speed: f64,
     /// Print a live progress line to stderr.
     pub progress: bool,
     /// Set (e.g. by Ctrl-C) to stop after the current record.
@@ -86,8 +88,9 @@ pub fn run(
             break;
         }
         let r = sim.next_record();
-        let due =
-            Duration::from_micros((r.send_at.as_micros() - sim_start.as_micros()).max(0) as u64);
+        let due = Duration::from_micros(
+            ((r.send_at.as_micros() - sim_start.as_micros()).max(0) as f64 / opts.speed) as u64,
+        );
         sink.send(r.key, r.payload)?;
         bytes += (r.key.len() + r.payload.len()) as u64;
         n += 1;

@@ -63,9 +63,17 @@ pub struct SourcedEvent {
 pub fn is_bot_agent(ua: Option<&str>) -> bool {
     let Some(ua) = ua else { return false };
     let ua = ua.to_ascii_lowercase();
-    ["bot", "crawler", "spider", "python-requests", "scrapy", "curl/", "wget/"]
-        .iter()
-        .any(|m| ua.contains(m))
+    [
+        "bot",
+        "crawler",
+        "spider",
+        "python-requests",
+        "scrapy",
+        "curl/",
+        "wget/",
+    ]
+    .iter()
+    .any(|m| ua.contains(m))
 }
 
 /// One session's running totals.

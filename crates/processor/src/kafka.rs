@@ -44,7 +44,13 @@ pub struct RestoringContext {
 
 impl RestoringContext {
     /// A context that loads state through `client` on `handle`.
-    pub fn new(handle: Handle, client: Client, group: &str, topic: &str, engine: EngineConfig) -> Self {
+    pub fn new(
+        handle: Handle,
+        client: Client,
+        group: &str,
+        topic: &str,
+        engine: EngineConfig,
+    ) -> Self {
         RestoringContext {
             handle,
             client: Arc::new(tokio::sync::Mutex::new(client)),
@@ -63,7 +69,10 @@ impl RestoringContext {
 
     /// Takes the pending assignment changes.
     pub fn take_changes(&self) -> Vec<Assignment> {
-        self.changes.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default()
+        self.changes
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default()
     }
 
     /// Loads state for `partitions` (also used after an abandoned batch).
@@ -78,8 +87,17 @@ impl RestoringContext {
 impl ClientContext for RestoringContext {}
 
 impl ConsumerContext for RestoringContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let parts: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 match self.load(&parts) {
@@ -169,11 +187,26 @@ impl DeadLetters {
             let partition = r.partition.to_string();
             let offset = r.offset.to_string();
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "reason", value: Some(r.reason) })
-                .insert(Header { key: "detail", value: Some(r.detail.as_str()) })
-                .insert(Header { key: "source.topic", value: Some(self.source_topic.as_str()) })
-                .insert(Header { key: "source.partition", value: Some(partition.as_str()) })
-                .insert(Header { key: "source.offset", value: Some(offset.as_str()) });
+                .insert(Header {
+                    key: "reason",
+                    value: Some(r.reason),
+                })
+                .insert(Header {
+                    key: "detail",
+                    value: Some(r.detail.as_str()),
+                })
+                .insert(Header {
+                    key: "source.topic",
+                    value: Some(self.source_topic.as_str()),
+                })
+                .insert(Header {
+                    key: "source.partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "source.offset",
+                    value: Some(offset.as_str()),
+                });
             let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
                 .payload(r.payload.as_slice())
                 .headers(headers);
@@ -184,7 +217,10 @@ impl DeadLetters {
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
                         self.producer.poll(Duration::from_millis(10));
                         record = back;
                     }
@@ -196,7 +232,13 @@ impl DeadLetters {
             .flush(Duration::from_secs(30))
             .map_err(|e| ProcessorError::DeadLetter(e.to_string()))?;
         if self.counts.failed.swap(0, Ordering::Relaxed) > 0 {
-            let first = self.counts.first_error.lock().ok().and_then(|mut g| g.take()).unwrap_or_default();
+            let first = self
+                .counts
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|mut g| g.take())
+                .unwrap_or_default();
             return Err(ProcessorError::DeadLetter(first));
         }
         Ok(())

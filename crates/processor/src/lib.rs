@@ -72,7 +72,12 @@ pub enum ProcessorError {
 /// The server's message for database errors (`Display` only says "db error").
 fn pg_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{}: {}{}", db.code().code(), db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
+        Some(db) => format!(
+            "{}: {}{}",
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
         None => e.to_string(),
     }
 }
@@ -82,7 +87,9 @@ impl ProcessorError {
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
-            ProcessorError::Postgres(_) | ProcessorError::Fenced { .. } | ProcessorError::DeadLetter(_)
+            ProcessorError::Postgres(_)
+                | ProcessorError::Fenced { .. }
+                | ProcessorError::DeadLetter(_)
         )
     }
 }

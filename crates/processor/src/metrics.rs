@@ -76,20 +76,72 @@ impl Metrics {
             last_commit: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_processor");
-        r.register("records_in", "Records consumed from Kafka", m.records_in.clone());
-        r.register("events_valid", "Distinct valid events applied", m.events_valid.clone());
-        r.register("rejected", "Records rejected to the dead-letter topic", m.rejected.clone());
-        r.register("late_events", "Events behind their partition watermark", m.late.clone());
-        r.register("duplicates", "Duplicate events dropped", m.duplicates.clone());
+        r.register(
+            "records_in",
+            "Records consumed from Kafka",
+            m.records_in.clone(),
+        );
+        r.register(
+            "events_valid",
+            "Distinct valid events applied",
+            m.events_valid.clone(),
+        );
+        r.register(
+            "rejected",
+            "Records rejected to the dead-letter topic",
+            m.rejected.clone(),
+        );
+        r.register(
+            "late_events",
+            "Events behind their partition watermark",
+            m.late.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Duplicate events dropped",
+            m.duplicates.clone(),
+        );
         r.register("batches", "Batches committed", m.batches.clone());
-        r.register("batches_abandoned", "Batches abandoned and retried", m.batches_abandoned.clone());
-        r.register("batch_size_records", "Records per batch", m.batch_size.clone());
-        r.register("batch_duration_seconds", "First poll to commit", m.batch_seconds.clone());
-        r.register("commit_duration_seconds", "PostgreSQL transaction time", m.commit_seconds.clone());
-        r.register("consumer_lag_records", "Records behind the high watermark", m.lag.clone());
-        r.register("open_sessions", "Open sessions in memory", m.open_sessions.clone());
-        r.register("flash_sale_alerts", "Flash-sale alerts raised", m.alerts.clone());
-        r.register("last_commit_timestamp_seconds", "Unix time of the last commit", m.last_commit.clone());
+        r.register(
+            "batches_abandoned",
+            "Batches abandoned and retried",
+            m.batches_abandoned.clone(),
+        );
+        r.register(
+            "batch_size_records",
+            "Records per batch",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "batch_duration_seconds",
+            "First poll to commit",
+            m.batch_seconds.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "PostgreSQL transaction time",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "consumer_lag_records",
+            "Records behind the high watermark",
+            m.lag.clone(),
+        );
+        r.register(
+            "open_sessions",
+            "Open sessions in memory",
+            m.open_sessions.clone(),
+        );
+        r.register(
+            "flash_sale_alerts",
+            "Flash-sale alerts raised",
+            m.alerts.clone(),
+        );
+        r.register(
+            "last_commit_timestamp_seconds",
+            "Unix time of the last commit",
+            m.last_commit.clone(),
+        );
         Arc::new(m)
     }
 }

@@ -106,7 +106,9 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, ProcessorError> {
     if cfg.engine.window_micros % cfg.engine.slide_micros != 0 {
-        return Err(ProcessorError::Config("the window length must be a multiple of the slide".into()));
+        return Err(ProcessorError::Config(
+            "the window length must be a multiple of the slide".into(),
+        ));
     }
     let client = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
     let loader = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
@@ -118,8 +120,14 @@ pub fn run(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
-        .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 4).max(500).to_string())
+        .set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout.as_millis() / 4).max(500).to_string(),
+        )
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "4194304")
         .set("client.id", &cfg.instance_id);
@@ -134,7 +142,10 @@ pub fn run(
         .find(|t| t.name() == cfg.topic)
         .map_or(0, |t| t.partitions().len() as i32);
     if partition_count == 0 {
-        return Err(ProcessorError::Config(format!("topic {} does not exist or has no partitions", cfg.topic)));
+        return Err(ProcessorError::Config(format!(
+            "topic {} does not exist or has no partitions",
+            cfg.topic
+        )));
     }
     consumer.subscribe(&[&cfg.topic])?;
     let dlq = DeadLetters::new(&cfg.bootstrap, &cfg.dlq_topic, &cfg.topic)?;
@@ -244,7 +255,9 @@ impl Loop<'_> {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
                 Some(Ok(m)) => {
-                    let Some(part) = self.parts.get(&m.partition) else { continue };
+                    let Some(part) = self.parts.get(&m.partition) else {
+                        continue;
+                    };
                     if part.stored_next.is_some_and(|n| m.offset < n) {
                         continue; // already committed in PostgreSQL
                     }
@@ -302,8 +315,10 @@ impl Loop<'_> {
             let tx = self.client.transaction().await?;
             store::fence(&tx, &cfg.group, &cfg.topic, &expected).await?;
             let fresh = store::claim_new(&tx, &valid).await?;
-            let applied: Vec<SourcedEvent> =
-                valid.into_iter().filter(|e| fresh.contains(&e.event.event_id)).collect();
+            let applied: Vec<SourcedEvent> = valid
+                .into_iter()
+                .filter(|e| fresh.contains(&e.event.event_id))
+                .collect();
             let mut out = BatchOutput::default();
             for e in &applied {
                 if let Some(part) = self.parts.get_mut(&e.partition) {
@@ -332,7 +347,8 @@ impl Loop<'_> {
                 })
                 .collect();
             store::write_positions(&tx, &cfg.group, &cfg.topic, &positions).await?;
-            let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, self.partition_count).await?;
+            let gwm =
+                store::global_watermark(&tx, &cfg.group, &cfg.topic, self.partition_count).await?;
             let mut alerts = Vec::new();
             if let Some(g) = gwm.filter(|g| self.alerts_closed_until.is_none_or(|c| *g > c)) {
                 alerts = store::raise_alerts(&tx, g, self.alerts_closed_until, cfg.alert).await?;
@@ -379,18 +395,33 @@ impl Loop<'_> {
         m.duplicates.inc_by(duplicates as u64);
         m.late.inc_by(out.late.len() as u64);
         for r in &rejected {
-            m.rejected.get_or_create(&ReasonLabel { reason: r.reason.to_string() }).inc();
+            m.rejected
+                .get_or_create(&ReasonLabel {
+                    reason: r.reason.to_string(),
+                })
+                .inc();
         }
         m.alerts.inc_by(alerts.len() as u64);
-        m.last_commit.set(Utc::now().timestamp_micros() as f64 / 1e6);
-        m.open_sessions
-            .set(self.parts.values().map(|p| p.state.open_sessions() as i64).sum());
+        m.last_commit
+            .set(Utc::now().timestamp_micros() as f64 / 1e6);
+        m.open_sessions.set(
+            self.parts
+                .values()
+                .map(|p| p.state.open_sessions() as i64)
+                .sum(),
+        );
         for a in &alerts {
             for s in &mut self.sinks {
                 s.raise(a);
             }
         }
-        tracing::debug!(records, applied, rejected = rejected.len(), duplicates, "batch committed");
+        tracing::debug!(
+            records,
+            applied,
+            rejected = rejected.len(),
+            duplicates,
+            "batch committed"
+        );
         Ok(())
     }
 
@@ -411,10 +442,19 @@ impl Loop<'_> {
                     self.parts.clear();
                     for (p, sp) in loaded {
                         let offset = sp.next_offset.map_or(Offset::Beginning, Offset::Offset);
-                        if let Err(e) = self.consumer.seek(&self.cfg.topic, p, offset, Duration::from_secs(10)) {
+                        if let Err(e) =
+                            self.consumer
+                                .seek(&self.cfg.topic, p, offset, Duration::from_secs(10))
+                        {
                             tracing::warn!(partition = p, error = %e, "seek failed");
                         }
-                        self.parts.insert(p, Part { stored_next: sp.next_offset, state: sp.state });
+                        self.parts.insert(
+                            p,
+                            Part {
+                                stored_next: sp.next_offset,
+                                state: sp.state,
+                            },
+                        );
                     }
                     return Ok(());
                 }
@@ -423,7 +463,10 @@ impl Loop<'_> {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     if self.client.is_closed() {
-                        if let Ok(c) = self.handle.block_on(clickstream_db::connect(&self.cfg.database_url)) {
+                        if let Ok(c) = self
+                            .handle
+                            .block_on(clickstream_db::connect(&self.cfg.database_url))
+                        {
                             self.client = c;
                         }
                     }
@@ -462,16 +505,26 @@ impl Loop<'_> {
 
     fn update_lag(&self) {
         for (p, part) in &self.parts {
-            if let Ok((_, high)) = self.consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1)) {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1))
+            {
                 let lag = high - part.stored_next.unwrap_or(0);
-                self.metrics.lag.get_or_create(&PartitionLabel { partition: *p }).set(lag.max(0));
+                self.metrics
+                    .lag
+                    .get_or_create(&PartitionLabel { partition: *p })
+                    .set(lag.max(0));
             }
         }
     }
 
     fn prune(&self) {
-        let horizon = EventTime::now().add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
-        match self.handle.block_on(store::prune_seen(&self.client, horizon)) {
+        let horizon = EventTime::now()
+            .add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
+        match self
+            .handle
+            .block_on(store::prune_seen(&self.client, horizon))
+        {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),

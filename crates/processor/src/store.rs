@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 
 use chrono::{DateTime, Utc};
-use clickstream_model::{EventTime, EventType};
+use clickstream_model::EventTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
@@ -57,7 +57,8 @@ pub async fn load_partitions(
             &[&group, &topic, &partitions],
         )
         .await?;
-    let mut offsets: HashMap<i32, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = rows
+    type Stored = (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let mut offsets: HashMap<i32, Stored> = rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
         .collect();
@@ -94,7 +95,9 @@ pub async fn load_partitions(
     Ok(partitions
         .iter()
         .map(|&p| {
-            let (next, wm, max) = offsets.remove(&p).map_or((None, None, None), |(o, w, m)| (Some(o), w, m));
+            let (next, wm, max) = offsets
+                .remove(&p)
+                .map_or((None, None, None), |(o, w, m)| (Some(o), w, m));
             let state = PartitionState::restore(
                 p,
                 wm.map(from_ts),
@@ -102,7 +105,13 @@ pub async fn load_partitions(
                 sessions.remove(&p).unwrap_or_default(),
                 cfg,
             );
-            (p, StoredPartition { next_offset: next, state })
+            (
+                p,
+                StoredPartition {
+                    next_offset: next,
+                    state,
+                },
+            )
         })
         .collect())
 }
@@ -140,7 +149,10 @@ pub async fn fence(
 }
 
 /// Records event ids in the dedup ledger; returns the ids that were new.
-pub async fn claim_new(tx: &Transaction<'_>, events: &[SourcedEvent]) -> Result<HashSet<Uuid>, ProcessorError> {
+pub async fn claim_new(
+    tx: &Transaction<'_>,
+    events: &[SourcedEvent],
+) -> Result<HashSet<Uuid>, ProcessorError> {
     if events.is_empty() {
         return Ok(HashSet::new());
     }
@@ -158,7 +170,11 @@ pub async fn claim_new(tx: &Transaction<'_>, events: &[SourcedEvent]) -> Result<
 }
 
 /// Appends the distinct valid events to the audit table with binary COPY.
-pub async fn copy_events(tx: &Transaction<'_>, events: &[SourcedEvent], late: &[bool]) -> Result<(), ProcessorError> {
+pub async fn copy_events(
+    tx: &Transaction<'_>,
+    events: &[SourcedEvent],
+    late: &[bool],
+) -> Result<(), ProcessorError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -226,11 +242,16 @@ pub async fn copy_events(tx: &Transaction<'_>, events: &[SourcedEvent], late: &[
 }
 
 /// Writes every aggregate, session and late record of the batch.
-pub async fn write_outputs(tx: &Transaction<'_>, out: &BatchOutput, cfg: &EngineConfig) -> Result<(), ProcessorError> {
+pub async fn write_outputs(
+    tx: &Transaction<'_>,
+    out: &BatchOutput,
+    cfg: &EngineConfig,
+) -> Result<(), ProcessorError> {
     if !out.minutes.is_empty() {
         let mut minute = Vec::new();
         let mut ty = Vec::new();
-        let (mut events, mut units, mut revenue, mut late, mut bot) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut events, mut units, mut revenue, mut late, mut bot) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for ((m, t), d) in &out.minutes {
             minute.push(ts(EventTime::from_micros(*m)));
             ty.push(t.as_str());
@@ -355,7 +376,8 @@ async fn write_sessions<'a>(
     tx: &Transaction<'_>,
     sessions: impl Iterator<Item = &'a Session>,
 ) -> Result<(), ProcessorError> {
-    let (mut key, mut user, mut part, mut start, mut end) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut key, mut user, mut part, mut start, mut end) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let (mut ev, mut pv, mut ca, mut pu, mut rev) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut dev, mut cty, mut bot, mut open) = (vec![], vec![], vec![], vec![]);
     for s in sessions {
@@ -413,7 +435,11 @@ pub struct Rejected {
 pub const REJECTED_PAYLOAD_LIMIT: usize = 64 * 1024;
 
 /// Writes rejected records (idempotent by source position).
-pub async fn write_rejected(tx: &Transaction<'_>, topic: &str, rejected: &[Rejected]) -> Result<(), ProcessorError> {
+pub async fn write_rejected(
+    tx: &Transaction<'_>,
+    topic: &str,
+    rejected: &[Rejected],
+) -> Result<(), ProcessorError> {
     if rejected.is_empty() {
         return Ok(());
     }
@@ -461,7 +487,8 @@ pub async fn write_positions(
     let part: Vec<i32> = positions.iter().map(|p| p.partition).collect();
     let next: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
     let wm: Vec<Option<DateTime<Utc>>> = positions.iter().map(|p| p.watermark.map(ts)).collect();
-    let max: Vec<Option<DateTime<Utc>>> = positions.iter().map(|p| p.max_event_time.map(ts)).collect();
+    let max: Vec<Option<DateTime<Utc>>> =
+        positions.iter().map(|p| p.max_event_time.map(ts)).collect();
     tx.execute(
         "INSERT INTO analytics.consumer_offsets AS t
                 (consumer_group, topic, kafka_partition, next_offset, watermark, max_event_time, updated_at)
@@ -517,7 +544,10 @@ pub async fn global_watermark(
         .await?;
     let with_watermark: i64 = row.get(0);
     let min: Option<DateTime<Utc>> = row.get(1);
-    Ok((with_watermark >= i64::from(partitions)).then_some(min).flatten().map(from_ts))
+    Ok((with_watermark >= i64::from(partitions))
+        .then_some(min)
+        .flatten()
+        .map(from_ts))
 }
 
 /// Raises one alert per closed window that breaks the rule and has none yet; returns the
@@ -595,11 +625,9 @@ pub async fn write_heartbeat(
 /// validation anyway, so they can never be duplicates of an accepted event).
 pub async fn prune_seen(client: &Client, older_than: EventTime) -> Result<u64, ProcessorError> {
     Ok(client
-        .execute("DELETE FROM analytics.seen_events WHERE event_time < $1", &[&ts(older_than)])
+        .execute(
+            "DELETE FROM analytics.seen_events WHERE event_time < $1",
+            &[&ts(older_than)],
+        )
         .await?)
-}
-
-/// Event types in the order dashboards show them.
-pub fn event_type_names() -> [&'static str; 3] {
-    EventType::ALL.map(EventType::as_str)
 }

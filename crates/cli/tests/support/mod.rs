@@ -155,7 +155,12 @@ fn owned(msg: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .map(|x| {
+                        (
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default(),
@@ -164,7 +169,13 @@ fn owned(msg: &rdkafka::message::BorrowedMessage<'_>) -> Rec {
 
 /// Every record of `topic` from the beginning, waiting until `expected` records arrived or
 /// `timeout` passed (then 2 s more, to catch any extra).
-pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<Rec> {
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Rec> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -234,7 +245,13 @@ pub fn end_offsets(records: &[Rec]) -> HashMap<i32, i64> {
 }
 
 /// Waits until the processor committed `ends` for every partition.
-pub async fn wait_caught_up(db_url: &str, group: &str, topic: &str, ends: &HashMap<i32, i64>, timeout: Duration) {
+pub async fn wait_caught_up(
+    db_url: &str,
+    group: &str,
+    topic: &str,
+    ends: &HashMap<i32, i64>,
+    timeout: Duration,
+) {
     let client = connect(db_url).await;
     let deadline = Instant::now() + timeout;
     loop {
@@ -250,9 +267,26 @@ pub async fn wait_caught_up(db_url: &str, group: &str, topic: &str, ends: &HashM
         if ends.iter().all(|(p, e)| got.get(p) == Some(e)) {
             return;
         }
-        assert!(Instant::now() < deadline, "processor did not catch up: committed {got:?}, want {ends:?}");
+        assert!(
+            Instant::now() < deadline,
+            "processor did not catch up: committed {got:?}, want {ends:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Records committed so far by `group` on `topic`.
+pub async fn committed(db_url: &str, group: &str, topic: &str) -> i64 {
+    let client = connect(db_url).await;
+    client
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM analytics.consumer_offsets
+              WHERE consumer_group = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await
+        .expect("read offsets")
+        .get(0)
 }
 
 /// A running `clickstream process`.
@@ -261,10 +295,28 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub fn start(s: &Services, db: &TestDb, topic: &str, dlq: &str, group: &str, extra: &[&str]) -> Processor {
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{group}-{}.log", unique("p")))).unwrap();
+    pub fn start(
+        s: &Services,
+        db: &TestDb,
+        topic: &str,
+        dlq: &str,
+        group: &str,
+        extra: &[&str],
+    ) -> Processor {
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("{group}-{}.log", unique("p"))),
+        )
+        .unwrap();
         let child = clickstream()
-            .args(["process", "--bootstrap", &s.bootstrap, "--topic", topic, "--dlq-topic", dlq])
+            .args([
+                "process",
+                "--bootstrap",
+                &s.bootstrap,
+                "--topic",
+                topic,
+                "--dlq-topic",
+                dlq,
+            ])
             .args(["--group", group, "--database-url", &db.writer_url])
             .args(["--metrics-addr", "127.0.0.1:0", "--session-timeout", "6s"])
             .args(extra)
@@ -291,12 +343,24 @@ impl Processor {
     pub fn stop(mut self) {
         self.signal("-TERM");
         let status = self.child.wait().unwrap();
+        drop(self);
         assert!(status.success(), "processor exit after SIGTERM: {status}");
     }
 
     pub fn kill9(mut self) {
         self.signal("-KILL");
         let _ = self.child.wait();
+        drop(self);
+    }
+}
+
+impl Drop for Processor {
+    /// A failing test must not leave processors running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -63,7 +63,17 @@ pub struct Expected {
 
 fn is_bot(ua: Option<&str>) -> bool {
     let ua = ua.unwrap_or("").to_lowercase();
-    ["bot", "crawler", "spider", "python-requests", "scrapy", "curl/", "wget/"].iter().any(|m| ua.contains(m))
+    [
+        "bot",
+        "crawler",
+        "spider",
+        "python-requests",
+        "scrapy",
+        "curl/",
+        "wget/",
+    ]
+    .iter()
+    .any(|m| ua.contains(m))
 }
 
 fn floor(t: i64, step: i64) -> i64 {
@@ -82,7 +92,11 @@ struct Open {
 }
 
 /// Computes the expected tables from `records` = (partition, offset, value).
-pub fn compute(records: &[(i32, i64, Vec<u8>)], policy: &ValidationPolicy, s: Semantics) -> Expected {
+pub fn compute(
+    records: &[(i32, i64, Vec<u8>)],
+    policy: &ValidationPolicy,
+    s: Semantics,
+) -> Expected {
     let us = 1_000_000i64;
     let mut x = Expected::default();
     let mut by_partition: BTreeMap<i32, Vec<(i64, &[u8])>> = BTreeMap::new();
@@ -96,7 +110,12 @@ pub fn compute(records: &[(i32, i64, Vec<u8>)], policy: &ValidationPolicy, s: Se
         let mut wm: Option<i64> = None;
         let mut open: HashMap<Uuid, Open> = HashMap::new();
         let finish = |x: &mut Expected, user: Uuid, o: Open, is_open: bool| {
-            x.sessions.insert(o.key, (user, o.start, o.end, o.events, o.views, o.carts, o.buys, o.revenue, is_open));
+            x.sessions.insert(
+                o.key,
+                (
+                    user, o.start, o.end, o.events, o.views, o.carts, o.buys, o.revenue, is_open,
+                ),
+            );
         };
         for (offset, bytes) in recs {
             let e: Event = match parse_event(bytes, policy) {
@@ -114,8 +133,15 @@ pub fn compute(records: &[(i32, i64, Vec<u8>)], policy: &ValidationPolicy, s: Se
             let late = matches!(wm, Some(w) if t < w);
             let minute = floor(t, 60 * us);
             let qty = i64::from(e.quantity.unwrap_or(0));
-            let revenue = if e.event_type == EventType::Purchase { e.amount.map_or(0, |a| a.cents()) } else { 0 };
-            let m = x.minutes.entry((minute, e.event_type.as_str().to_string())).or_default();
+            let revenue = if e.event_type == EventType::Purchase {
+                e.amount.map_or(0, |a| a.cents())
+            } else {
+                0
+            };
+            let m = x
+                .minutes
+                .entry((minute, e.event_type.as_str().to_string()))
+                .or_default();
             m.events += 1;
             m.units += qty;
             m.revenue += revenue;
@@ -124,15 +150,12 @@ pub fn compute(records: &[(i32, i64, Vec<u8>)], policy: &ValidationPolicy, s: Se
             if let Some(pid) = e.product_id.as_deref() {
                 let view = e.event_type == EventType::PageView;
                 let buy = e.event_type == EventType::Purchase;
-                for c in [
-                    x.products.entry((minute, pid.to_string())).or_default(),
-                ] {
-                    c.views += view as i64;
-                    c.carts += (e.event_type == EventType::AddToCart) as i64;
-                    c.purchases += buy as i64;
-                    c.units += if buy { qty } else { 0 };
-                    c.revenue += revenue;
-                }
+                let c = x.products.entry((minute, pid.to_string())).or_default();
+                c.views += view as i64;
+                c.carts += (e.event_type == EventType::AddToCart) as i64;
+                c.purchases += buy as i64;
+                c.units += if buy { qty } else { 0 };
+                c.revenue += revenue;
                 if let Some(cat) = e.category.as_deref() {
                     let c = x.categories.entry((minute, cat.to_string())).or_default();
                     c.views += view as i64;
@@ -189,7 +212,16 @@ pub fn compute(records: &[(i32, i64, Vec<u8>)], policy: &ValidationPolicy, s: Se
             } else if late {
                 false
             } else {
-                let mut o = Open { key: e.event_id, start: t, end: t, events: 1, views: 0, carts: 0, buys: 0, revenue: 0 };
+                let mut o = Open {
+                    key: e.event_id,
+                    start: t,
+                    end: t,
+                    events: 1,
+                    views: 0,
+                    carts: 0,
+                    buys: 0,
+                    revenue: 0,
+                };
                 match e.event_type {
                     EventType::PageView => o.views = 1,
                     EventType::AddToCart => o.carts = 1,
@@ -223,8 +255,12 @@ pub fn compute(records: &[(i32, i64, Vec<u8>)], policy: &ValidationPolicy, s: Se
     };
     if let Some(g) = global {
         for ((start, pid), w) in &x.windows {
-            if start + s.window_s * us <= g && w.views > s.min_views && w.purchases < s.max_purchases {
-                x.alerts.insert((*start, pid.clone()), (w.views, w.purchases));
+            if start + s.window_s * us <= g
+                && w.views > s.min_views
+                && w.purchases < s.max_purchases
+            {
+                x.alerts
+                    .insert((*start, pid.clone()), (w.views, w.purchases));
             }
         }
     }

@@ -27,12 +27,20 @@ fn ev(i: u128, user: u128, ty: EventType, at_secs: i64, product: Option<&str>) -
             e.amount = Some(Money(500));
         }
     }
-    SourcedEvent { event: e, partition: 0, offset: i as i64 }
+    SourcedEvent {
+        event: e,
+        partition: 0,
+        offset: i as i64,
+    }
 }
 
 /// Runs `events` through one partition in batches of the given sizes, restoring the state
 /// from its persisted form (watermark + open sessions) between batches, as after a crash.
-fn run(events: &[SourcedEvent], cuts: &[usize], restore: bool) -> (BTreeMap<Uuid, Session>, BatchTotals) {
+fn run(
+    events: &[SourcedEvent],
+    cuts: &[usize],
+    restore: bool,
+) -> (BTreeMap<Uuid, Session>, BatchTotals) {
     let cfg = EngineConfig::default();
     let mut st = PartitionState::default();
     let mut sessions = BTreeMap::new();
@@ -83,7 +91,8 @@ impl BatchTotals {
             w.late_views += d.late_views;
             w.late_purchases += d.late_purchases;
         }
-        self.late.extend(out.late.iter().map(|l| (l.event_id, l.absorbed)));
+        self.late
+            .extend(out.late.iter().map(|l| (l.event_id, l.absorbed)));
     }
 }
 
@@ -102,11 +111,27 @@ fn sessions_split_on_the_gap_and_close_behind_the_watermark() {
     assert_eq!(sessions.len(), 3);
     let first = &sessions[&Uuid::from_u128(1)];
     assert!(!first.is_open);
-    assert_eq!((first.page_views, first.cart_adds, first.purchases, first.revenue_cents), (1, 1, 1, 500));
+    assert_eq!(
+        (
+            first.page_views,
+            first.cart_adds,
+            first.purchases,
+            first.revenue_cents
+        ),
+        (1, 1, 1, 500)
+    );
     assert_eq!(first.end.as_micros() - first.start.as_micros(), 120_000_000);
-    assert!(!sessions[&Uuid::from_u128(4)].is_open, "closed by the watermark");
+    assert!(
+        !sessions[&Uuid::from_u128(4)].is_open,
+        "closed by the watermark"
+    );
     assert!(sessions[&Uuid::from_u128(5)].is_open);
-    let buys: i64 = totals.minutes.iter().filter(|(k, _)| k.1 == EventType::Purchase).map(|(_, d)| d.revenue_cents).sum();
+    let buys: i64 = totals
+        .minutes
+        .iter()
+        .filter(|(k, _)| k.1 == EventType::Purchase)
+        .map(|(_, d)| d.revenue_cents)
+        .sum();
     assert_eq!(buys, 500);
 }
 
@@ -121,7 +146,10 @@ fn late_events_count_in_metrics_and_are_recorded() {
         ev(4, 1, EventType::PageView, 200, Some("P1")),
     ];
     let (sessions, totals) = run(&events, &[100], false);
-    assert_eq!(totals.late, vec![(Uuid::from_u128(3), false), (Uuid::from_u128(4), true)]);
+    assert_eq!(
+        totals.late,
+        vec![(Uuid::from_u128(3), false), (Uuid::from_u128(4), true)]
+    );
     let late: i64 = totals.minutes.values().map(|d| d.late).sum();
     let all: i64 = totals.minutes.values().map(|d| d.events).sum();
     assert_eq!((late, all), (2, 4));
@@ -138,9 +166,13 @@ fn late_events_count_in_metrics_and_are_recorded() {
 
 #[test]
 fn bots_are_recognised_by_user_agent() {
-    assert!(is_bot_agent(Some("Mozilla/5.0 (compatible; Googlebot/2.1)")));
+    assert!(is_bot_agent(Some(
+        "Mozilla/5.0 (compatible; Googlebot/2.1)"
+    )));
     assert!(is_bot_agent(Some("python-requests/2.31.0")));
-    assert!(!is_bot_agent(Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120")));
+    assert!(!is_bot_agent(Some(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120"
+    )));
     assert!(!is_bot_agent(None));
 }
 
@@ -151,7 +183,10 @@ fn in_batch_duplicates_keep_the_first() {
     b.offset = 9;
     let (kept, dropped) = dedup_batch(vec![a, b, ev(2, 1, EventType::PageView, 1, None)]);
     assert_eq!(dropped, 1);
-    assert_eq!(kept.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        kept.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 }
 
 fn arb_events() -> impl Strategy<Value = Vec<SourcedEvent>> {
@@ -162,8 +197,16 @@ fn arb_events() -> impl Strategy<Value = Vec<SourcedEvent>> {
             .map(|(i, (user, ty, jump, product))| {
                 // Mostly increasing time with occasional large jumps back (late data).
                 t += jump % 400;
-                let at = if jump > 6500 { t - (jump - 6500) * 3 } else { t };
-                let ty = [EventType::PageView, EventType::AddToCart, EventType::Purchase][ty as usize];
+                let at = if jump > 6500 {
+                    t - (jump - 6500) * 3
+                } else {
+                    t
+                };
+                let ty = [
+                    EventType::PageView,
+                    EventType::AddToCart,
+                    EventType::Purchase,
+                ][ty as usize];
                 let product = ["P1", "P2", "P3", "P4"][product as usize];
                 ev(i as u128 + 1, user, ty, at, Some(product))
             })
