@@ -53,11 +53,9 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
     P=${BENCH_PROCESSOR_EVENTS:-2000000}
     LAT=${BENCH_LATENCY_SECONDS:-60}
     base=${ADMIN_DATABASE_URL%/*}
-    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
     export ADMIN_DATABASE_URL="$base/clickstream_bench"
     export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
     export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
-    "$BIN" migrate >&2 2>/dev/null
     stamp=$(date +%s)
     topic="bench.e2e.$stamp"
     start=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
@@ -65,25 +63,39 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
     committed() {
         psql "$ADMIN_DATABASE_URL" -tAc "SELECT coalesce(sum(next_offset),0) FROM analytics.consumer_offsets WHERE consumer_group = '$1'"
     }
-    t0=$(date +%s.%N)
-    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-time.txt" \
-        "$BIN" process --topic "$topic" --group "e2e-$stamp" --metrics-addr 127.0.0.1:0 2>"$STATE/bench-process.log" &
-    pid=$!
-    until [ "$(committed "e2e-$stamp")" -ge "$P" ]; do sleep 0.2; done
-    t1=$(date +%s.%N)
-    kill -TERM "$pid"; wait "$pid" || true
-    rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-time.txt" | cut -d= -f2)
-    cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-time.txt" | cut -d= -f2 | bc)
-    rate=$(echo "$P / ($t1 - $t0)" | bc)
-    cpu_per_m=$(echo "scale=1; $cpu * 1000000 / $P" | bc)
-    printf '| process: Kafka -> PostgreSQL, committed with offsets (%s records backlog, incl. start-up) | batch <= 50,000 / 250 ms, audit table on, 6 partitions, 1 instance | %s | %s MB |\n' "$P" "$rate" "$((rss / 1024))"
-    echo
-    echo "processor CPU: ${cpu_per_m} CPU-seconds per million records (user+sys)"
+    for inst in 1 2; do
+        # A fresh database per run: the dedup ledger must not remember the previous run.
+        psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
+        "$BIN" migrate >&2 2>/dev/null
+        group="e2e-$stamp-$inst"
+        t0=$(date +%s.%N)
+        pids=()
+        for i in $(seq 1 "$inst"); do
+            /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-time-$i.txt" \
+                "$BIN" process --topic "$topic" --group "$group" --metrics-addr 127.0.0.1:0 2>"$STATE/bench-process-$i.log" &
+            pids+=($!)
+        done
+        until [ "$(committed "$group")" -ge "$P" ]; do sleep 0.2; done
+        t1=$(date +%s.%N)
+        # Signal the processors (time's children), so time(1) itself lives to report.
+        for pid in "${pids[@]}"; do pkill -TERM -P "$pid"; wait "$pid" || true; done
+        rss=0; cpu=0
+        for i in $(seq 1 "$inst"); do
+            r=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-time-$i.txt" | cut -d= -f2)
+            [ "$r" -gt "$rss" ] && rss=$r
+            cpu=$(echo "$cpu + $(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-time-$i.txt" | cut -d= -f2)" | bc)
+        done
+        rate=$(echo "$P / ($t1 - $t0)" | bc)
+        cpu_per_m=$(echo "scale=1; $cpu * 1000000 / $P" | bc)
+        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, incl. start-up) | %s instance(s), batch <= 50,000 / 250 ms, audit on, 6 partitions | %s | %s MB per instance |\n' "$P" "$inst" "$rate" "$((rss / 1024))"
+        echo "processor CPU with $inst instance(s): ${cpu_per_m} CPU-seconds per million records (user+sys, all instances)"
+    done
+
 
     topic="bench.lat.$stamp"
     "$BIN" process --topic "$topic" --group "lat-$stamp" --metrics-addr 127.0.0.1:0 2>"$STATE/bench-latency.log" &
     ppid=$!
-    "$BIN" generate --topic "$topic" --no-catalog --progress never --eps 5000 --duration "$((LAT + 5))s" 2>/dev/null &
+    "$BIN" generate --topic "$topic" --seed "$stamp" --no-catalog --progress never --eps 5000 --duration "$((LAT + 5))s" 2>/dev/null &
     gpid=$!
     lat=$("$PROBE" --topic "$topic" --group "lat-$stamp" --duration "$LAT" --skip 5)
     wait "$gpid" || true

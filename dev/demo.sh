@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: local stack up, schema migrated, then the simulator streams shoppers into
-# Kafka in real time with a live rate line. Ctrl-C stops it cleanly (flush + summary).
+# The demo: local stack up, schema migrated, the stream processor running in the
+# background, and the simulator streaming shoppers into Kafka in real time with a live
+# rate line. Ctrl-C stops both cleanly and prints the pipeline status.
 # Extra arguments go to `clickstream generate` (e.g. --eps 5000, --duration 2m).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -13,5 +14,13 @@ log "building clickstream (release)"
 cargo build --release --locked --bin clickstream
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/clickstream
 "$BIN" migrate
+"$BIN" process 2>"$STATE/process.log" &
+proc=$!
+stop_processor() {
+    kill -TERM "$proc" 2>/dev/null && wait "$proc" 2>/dev/null || true
+    "$BIN" status || true
+}
+trap stop_processor EXIT
+log "processor running (log: $STATE/process.log, metrics: http://127.0.0.1:9187/metrics)"
 log "generating into Kafka topic $CLICKSTREAM_RAW_TOPIC at ${CLICKSTREAM_EPS} events/s (Ctrl-C to stop)"
-exec "$BIN" generate --progress always "$@"
+"$BIN" generate --progress always "$@" || true

@@ -330,8 +330,61 @@ async fn results_equal_an_independent_reference() {
     .await;
     // One more idle round lets the alert evaluation see the final global watermark.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    p.stop();
     let want = expected_for(&records);
+
+    // The operational views agree with the data: Prometheus counters and `status`.
+    let metrics = p.scrape_metrics();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        value("clickstream_processor_records_in_total"),
+        records.len() as f64
+    );
+    assert_eq!(
+        value("clickstream_processor_events_valid_total"),
+        want.distinct_events as f64
+    );
+    assert_eq!(
+        value("clickstream_processor_rejected_total"),
+        want.rejected.len() as f64
+    );
+    assert_eq!(
+        value("clickstream_processor_late_events_total"),
+        want.late.len() as f64
+    );
+    assert_eq!(
+        value("clickstream_processor_flash_sale_alerts_total"),
+        want.alerts.len() as f64
+    );
+    let status = clickstream()
+        .args([
+            "status",
+            "--database-url",
+            &db.reader_url,
+            "--bootstrap",
+            &s.bootstrap,
+        ])
+        .args(["--group", &group, "--topic", &topic])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains("total lag: 0 records"), "{text}");
+    assert!(
+        text.contains(&format!("{} events", want.distinct_events)),
+        "{text}"
+    );
+
+    p.stop();
     assert_exact(&want, &actual(&db).await);
 
     // Every rejected record is in the dead-letter topic, untouched, with its reason.
@@ -371,9 +424,10 @@ async fn results_equal_an_independent_reference() {
 async fn kill_9_and_restart_changes_nothing() {
     let s = services();
     let db = TestDb::create(&s).await;
-    // The simulator streams live (~5,000 records/s for ~30 s) while the processor is
-    // killed and restarted, so every kill lands mid-run and mid-batch.
-    let feed = start_feed(&s, 4, 150_000, 202, Some(50.0)).await;
+    // The simulator streams live (~2,500 records/s for ~60 s) while the processor is
+    // killed and restarted every 6.5-9 s (longer than the 6 s group session timeout, so
+    // each new instance gets its partitions and works before it is killed).
+    let feed = start_feed(&s, 4, 150_000, 202, Some(25.0)).await;
     let topic = feed.topic.clone();
     let dlq = unique("dlq");
     create_topic(&s.bootstrap, &dlq, 1).await;
@@ -381,7 +435,7 @@ async fn kill_9_and_restart_changes_nothing() {
     let mut progress = Vec::new();
     let mut p = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(2500 + random_u64() % 2000)).await;
+        tokio::time::sleep(Duration::from_millis(6500 + random_u64() % 2500)).await;
         assert!(p.is_running(), "processor died on its own");
         p.kill9();
         progress.push(committed(&db.admin_url, &group, &topic).await);

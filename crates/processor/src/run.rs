@@ -128,7 +128,10 @@ pub fn run(
             "heartbeat.interval.ms",
             (cfg.session_timeout.as_millis() / 4).max(500).to_string(),
         )
-        .set("fetch.max.bytes", "52428800")
+        // librdkafka prefetches up to 100k messages per partition by default (hundreds of
+        // MB across partitions); a few MB per partition keep memory flat at full speed.
+        .set("queued.min.messages", "50000")
+        .set("queued.max.messages.kbytes", "16384")
         .set("max.partition.fetch.bytes", "4194304")
         .set("client.id", &cfg.instance_id);
     for (k, v) in &cfg.kafka_opts {
@@ -311,10 +314,12 @@ impl Loop<'_> {
             .collect();
         let cfg = self.cfg;
         let t_commit = Instant::now();
+        let mut phases = [Duration::ZERO; 3];
         let (out, applied, alerts, closed_until) = self.handle.clone().block_on(async {
             let tx = self.client.transaction().await?;
             store::fence(&tx, &cfg.group, &cfg.topic, &expected).await?;
             let fresh = store::claim_new(&tx, &valid).await?;
+            phases[0] = t_commit.elapsed();
             let applied: Vec<SourcedEvent> = valid
                 .into_iter()
                 .filter(|e| fresh.contains(&e.event.event_id))
@@ -330,10 +335,12 @@ impl Loop<'_> {
                     part.state.finish_batch(&cfg.engine, &mut out);
                 }
             }
+            phases[1] = t_commit.elapsed();
             if cfg.audit_events {
                 store::copy_events(&tx, &applied, &out.late_flags).await?;
             }
             store::write_outputs(&tx, &out, &cfg.engine).await?;
+            phases[2] = t_commit.elapsed();
             store::write_rejected(&tx, &cfg.topic, &rejected).await?;
             let positions: Vec<Position> = ends
                 .iter()
@@ -420,6 +427,11 @@ impl Loop<'_> {
             applied,
             rejected = rejected.len(),
             duplicates,
+            sessions = out.sessions.len(),
+            dedup_ms = phases[0].as_millis() as u64,
+            apply_ms = (phases[1] - phases[0]).as_millis() as u64,
+            write_ms = (phases[2] - phases[1]).as_millis() as u64,
+            total_ms = t_commit.elapsed().as_millis() as u64,
             "batch committed"
         );
         Ok(())

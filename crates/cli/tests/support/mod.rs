@@ -292,6 +292,7 @@ pub async fn committed(db_url: &str, group: &str, topic: &str) -> i64 {
 /// A running `clickstream process`.
 pub struct Processor {
     pub child: std::process::Child,
+    pub log: PathBuf,
 }
 
 impl Processor {
@@ -323,7 +324,32 @@ impl Processor {
             .stderr(log)
             .spawn()
             .expect("start clickstream process");
-        Processor { child }
+        Processor {
+            child,
+            log: log_path,
+        }
+    }
+
+    /// GET /metrics from this processor (address taken from its log).
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("addr=").nth(1))
+            .expect("metrics address in the log")
+            .trim()
+            .to_string();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
     }
 
     pub fn signal(&self, sig: &str) {
