@@ -49,6 +49,24 @@ enum Command {
     Status(status::StatusArgs),
 }
 
+/// Where the processor reads from; shared by `process` and `status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SourceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+    /// Consumer group; processor instances with the same group share the partitions.
+    #[arg(
+        long,
+        env = "CLICKSTREAM_GROUP",
+        default_value = "clickstream-processor"
+    )]
+    pub group: String,
+    /// Topic of raw events.
+    #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
+    pub topic: String,
+}
+
 /// Parses `key=value` (librdkafka properties).
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

@@ -20,19 +20,8 @@ fn micros(d: Duration) -> i64 {
 /// Settings of `clickstream process`.
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
-    /// Consumer group; instances with the same group share the partitions.
-    #[arg(
-        long,
-        env = "CLICKSTREAM_GROUP",
-        default_value = "clickstream-processor"
-    )]
-    group: String,
-    /// Topic of raw events.
-    #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
-    topic: String,
+    #[command(flatten)]
+    source: crate::SourceArgs,
     /// Dead-letter topic for rejected records.
     #[arg(long, env = "CLICKSTREAM_DLQ_TOPIC", default_value = "clickstream.dlq")]
     dlq_topic: String,
@@ -96,9 +85,9 @@ pub struct ProcessArgs {
 pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let cfg = ProcessorConfig {
-        bootstrap: args.bootstrap,
-        group: args.group,
-        topic: args.topic,
+        bootstrap: args.source.bootstrap,
+        group: args.source.group,
+        topic: args.source.topic,
         dlq_topic: args.dlq_topic,
         database_url: args.database_url,
         batch_max_records: args.batch_max_records.max(1),

@@ -11,22 +11,11 @@ use rdkafka::ClientConfig;
 /// Settings of `clickstream status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    source: crate::SourceArgs,
     /// PostgreSQL URL (the read-only role is enough).
     #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
-    /// Consumer group of the processor.
-    #[arg(
-        long,
-        env = "CLICKSTREAM_GROUP",
-        default_value = "clickstream-processor"
-    )]
-    group: String,
-    /// Topic of raw events.
-    #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
-    topic: String,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
@@ -39,25 +28,30 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     extract(epoch FROM now() - updated_at)::float8
                FROM analytics.consumer_offsets
               WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
-            &[&args.group, &args.topic],
+            &[&args.source.group, &args.source.topic],
         )
         .await
         .context("reading analytics.consumer_offsets (has `clickstream migrate` run?)")?;
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+        .set("bootstrap.servers", &args.source.bootstrap)
         .create()
         .context("creating a Kafka client")?;
     let md = tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(5))
+        consumer.fetch_metadata(Some(&args.source.topic), Duration::from_secs(5))
     })
-    .with_context(|| format!("reading metadata of {} from {}", args.topic, args.bootstrap))?;
+    .with_context(|| {
+        format!(
+            "reading metadata of {} from {}",
+            args.source.topic, args.source.bootstrap
+        )
+    })?;
     let partitions: Vec<i32> = md
         .topics()
         .iter()
-        .filter(|t| t.name() == args.topic)
+        .filter(|t| t.name() == args.source.topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    println!("topic {}  group {}", args.topic, args.group);
+    println!("topic {}  group {}", args.source.topic, args.source.group);
     println!(
         "{:>9} {:>12} {:>12} {:>10}  {:<32} {:>12}",
         "partition", "committed", "end", "lag", "watermark", "last commit"
@@ -65,7 +59,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let mut total_lag = 0i64;
     for p in &partitions {
         let (_, high) = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(&args.topic, *p, Duration::from_secs(5))
+            consumer.fetch_watermarks(&args.source.topic, *p, Duration::from_secs(5))
         })?;
         let row = rows.iter().find(|r| r.get::<_, i32>(0) == *p);
         let committed: i64 = row.map_or(0, |r| r.get(1));
@@ -84,7 +78,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                     extract(epoch FROM last_commit_at - started_at)::float8,
                     batches, records, events, rejected, duplicates, late
                FROM analytics.processor_heartbeat WHERE consumer_group = $1 ORDER BY last_commit_at DESC",
-            &[&args.group],
+            &[&args.source.group],
         )
         .await?;
     for r in inst {

@@ -14,7 +14,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 use uuid::Uuid;
 
-use crate::engine::{BatchOutput, EngineConfig, PartitionState, Session, SourcedEvent};
+use crate::engine::{
+    BatchOutput, EngineConfig, PartitionState, ProductDelta, Session, SourcedEvent,
+};
 use crate::ProcessorError;
 
 /// Event time as a PostgreSQL `timestamptz` value.
@@ -274,20 +276,7 @@ pub async fn write_outputs(
         .await?;
     }
     if !out.products.is_empty() {
-        let mut minute = Vec::new();
-        let mut id = Vec::new();
-        let mut cat = Vec::new();
-        let (mut v, mut c, mut p, mut u, mut r) = (vec![], vec![], vec![], vec![], vec![]);
-        for ((m, pid), d) in &out.products {
-            minute.push(ts(EventTime::from_micros(*m)));
-            id.push(&**pid);
-            cat.push(d.category.as_deref().unwrap_or(""));
-            v.push(d.views);
-            c.push(d.cart_adds);
-            p.push(d.purchases);
-            u.push(d.units);
-            r.push(d.revenue_cents);
-        }
+        let c = CountColumns::new(out.products.iter().map(|((m, k), d)| (*m, &**k, d)));
         tx.execute(
             "INSERT INTO analytics.product_minute AS t
                     (minute, product_id, category, views, cart_adds, purchases, units, revenue_cents)
@@ -296,23 +285,12 @@ pub async fn write_outputs(
                 views = t.views + EXCLUDED.views, cart_adds = t.cart_adds + EXCLUDED.cart_adds,
                 purchases = t.purchases + EXCLUDED.purchases, units = t.units + EXCLUDED.units,
                 revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents",
-            &[&minute, &id, &cat, &v, &c, &p, &u, &r],
+            &[&c.minute, &c.key, &c.category, &c.views, &c.carts, &c.purchases, &c.units, &c.revenue],
         )
         .await?;
     }
     if !out.categories.is_empty() {
-        let mut minute = Vec::new();
-        let mut cat = Vec::new();
-        let (mut v, mut c, mut p, mut u, mut r) = (vec![], vec![], vec![], vec![], vec![]);
-        for ((m, name), d) in &out.categories {
-            minute.push(ts(EventTime::from_micros(*m)));
-            cat.push(&**name);
-            v.push(d.views);
-            c.push(d.cart_adds);
-            p.push(d.purchases);
-            u.push(d.units);
-            r.push(d.revenue_cents);
-        }
+        let c = CountColumns::new(out.categories.iter().map(|((m, k), d)| (*m, &**k, d)));
         tx.execute(
             "INSERT INTO analytics.category_minute AS t
                     (minute, category, views, cart_adds, purchases, units, revenue_cents)
@@ -321,7 +299,7 @@ pub async fn write_outputs(
                 views = t.views + EXCLUDED.views, cart_adds = t.cart_adds + EXCLUDED.cart_adds,
                 purchases = t.purchases + EXCLUDED.purchases, units = t.units + EXCLUDED.units,
                 revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents",
-            &[&minute, &cat, &v, &c, &p, &u, &r],
+            &[&c.minute, &c.key, &c.views, &c.carts, &c.purchases, &c.units, &c.revenue],
         )
         .await?;
     }
@@ -370,6 +348,44 @@ pub async fn write_outputs(
         .await?;
     }
     Ok(())
+}
+
+/// Column arrays of per-minute product or category counts, for one `UNNEST` upsert.
+struct CountColumns<'a> {
+    minute: Vec<DateTime<Utc>>,
+    key: Vec<&'a str>,
+    category: Vec<&'a str>,
+    views: Vec<i64>,
+    carts: Vec<i64>,
+    purchases: Vec<i64>,
+    units: Vec<i64>,
+    revenue: Vec<i64>,
+}
+
+impl<'a> CountColumns<'a> {
+    fn new(rows: impl Iterator<Item = (i64, &'a str, &'a ProductDelta)>) -> Self {
+        let mut c = CountColumns {
+            minute: vec![],
+            key: vec![],
+            category: vec![],
+            views: vec![],
+            carts: vec![],
+            purchases: vec![],
+            units: vec![],
+            revenue: vec![],
+        };
+        for (m, key, d) in rows {
+            c.minute.push(ts(EventTime::from_micros(m)));
+            c.key.push(key);
+            c.category.push(d.category.as_deref().unwrap_or(""));
+            c.views.push(d.views);
+            c.carts.push(d.cart_adds);
+            c.purchases.push(d.purchases);
+            c.units.push(d.units);
+            c.revenue.push(d.revenue_cents);
+        }
+        c
+    }
 }
 
 async fn write_sessions<'a>(

@@ -304,10 +304,8 @@ impl Processor {
         group: &str,
         extra: &[&str],
     ) -> Processor {
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("{group}-{}.log", unique("p"))),
-        )
-        .unwrap();
+        let log_path = std::env::temp_dir().join(format!("{group}-{}.log", unique("p")));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = clickstream()
             .args([
                 "process",
