@@ -402,3 +402,50 @@ fn sigterm_flushes_and_summarises() {
     let records = read_topic(&s.bootstrap, &topic, 2, sent, Duration::from_secs(30));
     assert_eq!(records.len(), sent, "everything summarised was delivered");
 }
+
+/// Roles are cluster-wide: migrating several databases of one cluster at the same time
+/// (as parallel tests, or several environments, do) must not fail on them.
+#[tokio::test]
+async fn concurrent_migrations_of_one_cluster_succeed() {
+    let s = services();
+    let admin = connect(&s.admin_url).await;
+    let names: Vec<String> = (0..4).map(|_| unique("conc")).collect();
+    for n in &names {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {n}"))
+            .await
+            .unwrap();
+    }
+    let children: Vec<_> = names
+        .iter()
+        .map(|n| {
+            clickstream()
+                .arg("migrate")
+                .env("ADMIN_DATABASE_URL", with_db(&s.admin_url, n))
+                .env(
+                    "CLICKSTREAM_WRITER_PASSWORD",
+                    std::env::var("CLICKSTREAM_WRITER_PASSWORD").unwrap(),
+                )
+                .env(
+                    "CLICKSTREAM_READER_PASSWORD",
+                    std::env::var("CLICKSTREAM_READER_PASSWORD").unwrap(),
+                )
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for n in &names {
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE {n} WITH (FORCE)"))
+            .await;
+    }
+}

@@ -20,7 +20,7 @@ pub enum DbError {
     #[error("invalid database URL: {0}")]
     BadUrl(#[source] tokio_postgres::Error),
     /// Could not connect, or a statement failed (retriable if the server was away).
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A migration already applied has different contents now: someone edited history.
     #[error("migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {current} in this build)")]
@@ -42,6 +42,20 @@ pub enum DbError {
         /// Highest version in this build.
         known: i32,
     },
+}
+
+/// The server's message for database errors (`Display` of the driver error only says
+/// "db error").
+pub fn pg_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {}{}",
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        None => e.to_string(),
+    }
 }
 
 /// Connects to `url` (`postgres://user:pass@host:port/db`) without TLS (loopback and

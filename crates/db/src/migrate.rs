@@ -71,19 +71,51 @@ pub struct RolePasswords {
 }
 
 /// Applies pending migrations and sets role passwords. Idempotent.
+///
+/// Roles are cluster-wide while the advisory lock is per database, so migrating two
+/// databases of one cluster at once can collide on the roles (`tuple concurrently
+/// updated`, a duplicate role): such collisions are retried, everything being idempotent.
 pub async fn apply(
     client: &mut Client,
     passwords: &RolePasswords,
 ) -> Result<MigrateReport, DbError> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-        .await?;
-    let result = apply_locked(client, passwords).await;
-    // Unlock even on failure; a lost connection releases the lock anyway.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
-    result
+    let mut attempt = 0u64;
+    loop {
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+            .await?;
+        let result = apply_locked(client, passwords).await;
+        // Unlock even on failure; a lost connection releases the lock anyway.
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+            .await;
+        match result {
+            Err(DbError::Postgres(e)) if attempt < 10 && is_collision(&e) => {
+                attempt += 1;
+                tracing::debug!(error = %crate::pg_detail(&e), attempt, "migration collided; retrying");
+                // Jitter, so migrators that collided do not retry in lockstep.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos() % 200);
+                let pause = 20 * attempt + u64::from(jitter) + u64::from(std::process::id() % 50);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_collision(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::INTERNAL_ERROR, // "tuple concurrently updated" on pg_authid
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(c)
+    })
 }
 
 async fn apply_locked(

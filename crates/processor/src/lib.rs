@@ -40,7 +40,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ProcessorError {
     /// PostgreSQL failed (retriable once it is back).
-    #[error("postgres: {}", pg_detail(.0))]
+    #[error("postgres: {}", clickstream_db::pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// Connecting or configuring failed.
     #[error(transparent)]
@@ -67,19 +67,6 @@ pub enum ProcessorError {
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
-}
-
-/// The server's message for database errors (`Display` only says "db error").
-fn pg_detail(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!(
-            "{}: {}{}",
-            db.code().code(),
-            db.message(),
-            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
-        ),
-        None => e.to_string(),
-    }
 }
 
 impl ProcessorError {
