@@ -87,7 +87,7 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         done
         rate=$(echo "$P / ($t1 - $t0)" | bc)
         cpu_per_m=$(echo "scale=1; $cpu * 1000000 / $P" | bc)
-        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, incl. start-up) | %s instance(s), batch <= 50,000 / 250 ms, audit on, 6 partitions | %s | %s MB per instance |\n' "$P" "$inst" "$rate" "$((rss / 1024))"
+        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, incl. start-up) | %s instance(s), batch <= 25,000 / 250 ms, audit on, 6 partitions | %s | %s MB per instance |\n' "$P" "$inst" "$rate" "$((rss / 1024))"
         echo "processor CPU with $inst instance(s): ${cpu_per_m} CPU-seconds per million records (user+sys, all instances)"
     done
 
