@@ -149,8 +149,13 @@ impl Simulator {
     pub fn new(cfg: SimConfig) -> Result<Self, String> {
         cfg.validate()?;
         let catalog = build_catalog(cfg.products, cfg.catalog_seed);
-        let mut rng = Pcg64Mcg::seed_from_u64(cfg.seed);
-        let users = build_users(&cfg, &mut rng);
+        // The population depends on the seed alone, so users return across runs; the stream
+        // (event, session and order ids) also depends on the start time, so two runs with
+        // the default `--start now` never reuse an event id (which dedup would drop).
+        let users = build_users(&cfg, &mut Pcg64Mcg::seed_from_u64(cfg.seed));
+        let stream_seed =
+            cfg.seed ^ (cfg.start.as_micros() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let rng = Pcg64Mcg::seed_from_u64(stream_seed);
         let countries = WeightedIndex::new(cfg.country_mix.iter().map(|(_, w)| *w))
             .map_err(|e| format!("country mix: {e}"))?;
         let late_delay = Exp::new(1.0 / cfg.faults.late_mean_secs.max(1e-3))

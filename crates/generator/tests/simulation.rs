@@ -67,6 +67,29 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
         20_000,
     );
     assert!(a.records != c.records);
+    // Another start time: same users, but never the same event ids.
+    let later = SimConfig {
+        start: start().add_micros(1_000_000),
+        ..config()
+    };
+    let mut sim = Simulator::new(later).unwrap();
+    let ids_a: HashSet<_> = a.events.iter().map(|e| e.event_id).collect();
+    let users_a: HashSet<_> = a.events.iter().map(|e| e.user_id).collect();
+    let mut shared_users = 0;
+    for _ in 0..20_000 {
+        let r = sim.next_record();
+        if let Ok(e) = parse_event(r.payload, &policy()) {
+            assert!(
+                !ids_a.contains(&e.event_id),
+                "event ids must not repeat across runs"
+            );
+            shared_users += usize::from(users_a.contains(&e.user_id));
+        }
+    }
+    assert!(
+        shared_users > 1000,
+        "the same population returns: {shared_users}"
+    );
 }
 
 #[test]
