@@ -449,6 +449,11 @@ async fn kill_9_and_restart_changes_nothing() {
         mid_run >= 5,
         "kills must land mid-run; committed at each kill: {progress:?} of {total}"
     );
+    let worked = progress.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(
+        worked >= 4,
+        "restarted instances must commit before the next kill: {progress:?}"
+    );
     wait_caught_up(
         &db.admin_url,
         &group,

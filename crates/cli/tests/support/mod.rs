@@ -67,7 +67,10 @@ pub async fn connect(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| {
-            panic!("cannot connect to PostgreSQL ({e}); is `dev/stack.sh up` running?")
+            let why = e
+                .as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_string());
+            panic!("cannot connect to PostgreSQL ({why}); is `dev/stack.sh up` running?")
         });
     tokio::spawn(conn);
     client
