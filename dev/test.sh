@@ -18,5 +18,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit, property, integration against 127.0.0.1:$KAFKA_PORT and :$POSTGRES_PORT)"
 cargo test --workspace --locked
 log "docker compose file checks"
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 python3 dev/check_compose.py
 log "all tests passed"
