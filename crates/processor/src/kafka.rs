@@ -35,6 +35,7 @@ pub enum Assignment {
 pub struct RestoringContext {
     handle: Handle,
     client: Arc<tokio::sync::Mutex<Client>>,
+    database_url: String,
     group: String,
     topic: String,
     engine: EngineConfig,
@@ -43,10 +44,12 @@ pub struct RestoringContext {
 }
 
 impl RestoringContext {
-    /// A context that loads state through `client` on `handle`.
+    /// A context that loads state through `client` on `handle` (reconnecting to
+    /// `database_url` when the connection was lost).
     pub fn new(
         handle: Handle,
         client: Client,
+        database_url: &str,
         group: &str,
         topic: &str,
         engine: EngineConfig,
@@ -54,6 +57,7 @@ impl RestoringContext {
         RestoringContext {
             handle,
             client: Arc::new(tokio::sync::Mutex::new(client)),
+            database_url: database_url.to_string(),
             group: group.to_string(),
             topic: topic.to_string(),
             engine,
@@ -79,6 +83,10 @@ impl RestoringContext {
     pub fn load(&self, partitions: &[i32]) -> Result<Vec<(i32, StoredPartition)>, ProcessorError> {
         self.handle.block_on(async {
             let mut c = self.client.lock().await;
+            // The server may have restarted since the last load.
+            if c.is_closed() {
+                *c = clickstream_db::connect(&self.database_url).await?;
+            }
             load_partitions(&mut c, &self.group, &self.topic, partitions, &self.engine).await
         })
     }

@@ -83,8 +83,11 @@ struct Part {
 
 struct Loop<'a> {
     cfg: &'a ProcessorConfig,
+    /// The same settings, shareable with the transaction task.
+    shared: Arc<ProcessorConfig>,
     handle: Handle,
-    client: Client,
+    /// `None` while a transaction task has it.
+    client: Option<Client>,
     consumer: BaseConsumer<RestoringContext>,
     dlq: DeadLetters,
     metrics: Arc<Metrics>,
@@ -112,7 +115,14 @@ pub fn run(
     }
     let client = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
     let loader = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
-    let ctx = RestoringContext::new(handle.clone(), loader, &cfg.group, &cfg.topic, cfg.engine);
+    let ctx = RestoringContext::new(
+        handle.clone(),
+        loader,
+        &cfg.database_url,
+        &cfg.group,
+        &cfg.topic,
+        cfg.engine,
+    );
     let mut kc = ClientConfig::new();
     kc.set("bootstrap.servers", &cfg.bootstrap)
         .set("group.id", &cfg.group)
@@ -155,8 +165,9 @@ pub fn run(
     let dlq = DeadLetters::new(&cfg.bootstrap, &cfg.dlq_topic, &cfg.topic)?;
     let mut l = Loop {
         cfg,
+        shared: Arc::new(cfg.clone()),
         handle,
-        client,
+        client: Some(client),
         consumer,
         dlq,
         metrics,
@@ -170,25 +181,38 @@ pub fn run(
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let mut last_prune = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let batch = l.poll_batch(&stop)?;
-        if !batch.is_empty() {
-            let t0 = Instant::now();
-            match l.process(batch) {
-                Ok(()) => {
-                    l.metrics.batch_seconds.observe(t0.elapsed().as_secs_f64());
+    // Pipelined: while batch N's transaction runs on the runtime, this thread polls,
+    // validates and dead-letters batch N+1. State moves into the transaction task and back.
+    let mut inflight: Option<InFlight> = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let polled = if stopping {
+            Vec::new()
+        } else {
+            l.poll_batch(&stop)?
+        };
+        let mut prepared = if polled.is_empty() {
+            None
+        } else {
+            Some(l.prepare(polled)?)
+        };
+        if let Some(job) = inflight.take() {
+            if let Err(e) = l.finish(job) {
+                if !e.is_retriable() {
+                    return Err(e);
                 }
-                Err(e) if e.is_retriable() => {
-                    l.metrics.batches_abandoned.inc();
-                    tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
-                    l.reset(&stop)?;
-                }
-                Err(e) => return Err(e),
+                l.metrics.batches_abandoned.inc();
+                tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
+                l.reset(&stop)?;
+                // Polled before the seek back: it will be read again.
+                prepared = None;
             }
         }
+        l.apply_assignment_changes()?;
+        // State and connection are home between transactions: housekeeping goes here.
         if last_lag.elapsed() > Duration::from_secs(2) {
             l.update_lag();
-            // Other instances may have moved the global watermark while we idled.
+            // Other instances may have moved the global watermark meanwhile.
             if let Err(e) = l.evaluate_alerts() {
                 tracing::warn!(error = %e, "evaluating alerts failed; will retry");
             }
@@ -198,13 +222,23 @@ pub fn run(
             l.prune();
             last_prune = Instant::now();
         }
+        if let Some(mut p) = prepared {
+            p.retain_owned(&l.parts);
+            if !p.ends.is_empty() {
+                inflight = Some(l.start_transaction(p));
+                continue;
+            }
+        }
+        if stopping {
+            break;
+        }
     }
     tracing::info!("processor stopping: the last batch was committed");
     Ok(RunReport { totals: l.totals })
 }
 
 impl Loop<'_> {
-    fn apply_assignment_changes(&mut self, batch: &mut Vec<Owned>) -> Result<(), ProcessorError> {
+    fn apply_assignment_changes(&mut self) -> Result<(), ProcessorError> {
         for change in self.consumer.context().take_changes() {
             match change {
                 Assignment::Assigned(loaded) => {
@@ -222,7 +256,6 @@ impl Loop<'_> {
                     for p in &ps {
                         self.parts.remove(p);
                     }
-                    batch.retain(|r| !ps.contains(&r.partition));
                 }
                 Assignment::Failed(e) => return Err(ProcessorError::Restore(e)),
             }
@@ -230,7 +263,7 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn poll_batch(&mut self, stop: &AtomicBool) -> Result<Vec<Owned>, ProcessorError> {
+    fn poll_batch(&self, stop: &AtomicBool) -> Result<Vec<Owned>, ProcessorError> {
         let mut batch: Vec<Owned> = Vec::new();
         let mut deadline: Option<Instant> = None;
         while batch.len() < self.cfg.batch_max_records && !stop.load(Ordering::Relaxed) {
@@ -249,7 +282,6 @@ impl Loop<'_> {
                     payload: m.payload().unwrap_or_default().to_vec(),
                 })
             });
-            self.apply_assignment_changes(&mut batch)?;
             match msg {
                 None => {
                     if deadline.is_none() {
@@ -259,12 +291,8 @@ impl Loop<'_> {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
                 Some(Ok(m)) => {
-                    let Some(part) = self.parts.get(&m.partition) else {
-                        continue;
-                    };
-                    if part.stored_next.is_some_and(|n| m.offset < n) {
-                        continue; // already committed in PostgreSQL
-                    }
+                    // Ownership and already-committed offsets are checked once the
+                    // previous transaction is done (`Prepared::retain_owned`).
                     deadline.get_or_insert_with(|| Instant::now() + self.cfg.batch_max_wait);
                     batch.push(m);
                 }
@@ -281,11 +309,14 @@ impl Loop<'_> {
         p
     }
 
-    fn process(&mut self, batch: Vec<Owned>) -> Result<(), ProcessorError> {
+    /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
+    /// commit that covers them, so a crash can repeat a dead letter but never lose one).
+    fn prepare(&self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
         let policy = self.policy();
         let mut valid = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
+        let first_polled = Instant::now();
         for r in batch.iter() {
             ends.insert(r.partition, r.offset + 1);
             match parse_event(&r.payload, &policy) {
@@ -304,79 +335,64 @@ impl Loop<'_> {
                 }),
             }
         }
-        let records = batch.len();
+        let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
         drop(batch);
-        let (valid, in_batch_dups) = dedup_batch(valid);
+        let (valid, _) = dedup_batch(valid);
         self.dlq.send_all(&rejected)?;
+        Ok(Prepared {
+            valid,
+            rejected,
+            ends,
+            offsets,
+            first_polled,
+        })
+    }
 
-        let expected: HashMap<i32, Option<i64>> = ends
+    /// Moves the state and the connection into a task that runs the batch transaction.
+    fn start_transaction(&mut self, prepared: Prepared) -> InFlight {
+        let expected: HashMap<i32, Option<i64>> = prepared
+            .ends
             .keys()
             .map(|p| (*p, self.parts.get(p).and_then(|x| x.stored_next)))
             .collect();
-        let cfg = self.cfg;
-        let t_commit = Instant::now();
-        let mut phases = [Duration::ZERO; 3];
-        let (out, applied, alerts, closed_until) = self.handle.clone().block_on(async {
-            let tx = self.client.transaction().await?;
-            store::fence(&tx, &cfg.group, &cfg.topic, &expected).await?;
-            let fresh = store::claim_new(&tx, &valid).await?;
-            phases[0] = t_commit.elapsed();
-            let applied: Vec<SourcedEvent> = valid
-                .into_iter()
-                .filter(|e| fresh.contains(&e.event.event_id))
-                .collect();
-            let mut out = BatchOutput::default();
-            for e in &applied {
-                if let Some(part) = self.parts.get_mut(&e.partition) {
-                    part.state.apply(e, &cfg.engine, &mut out);
+        let mut parts = std::mem::take(&mut self.parts);
+        let mut client = self.client.take();
+        let cfg = self.shared.clone();
+        let ctx = TxContext {
+            partition_count: self.partition_count,
+            alerts_since: self.alerts_closed_until,
+            totals: self.totals,
+            started: self.started,
+        };
+        let mut prepared = prepared;
+        let task = self.handle.spawn(async move {
+            let result = match client.as_mut() {
+                Some(c) => {
+                    run_transaction(&cfg, c, &mut parts, &mut prepared, &expected, ctx).await
                 }
-            }
-            for p in ends.keys() {
-                if let Some(part) = self.parts.get_mut(p) {
-                    part.state.finish_batch(&cfg.engine, &mut out);
-                }
-            }
-            phases[1] = t_commit.elapsed();
-            if cfg.audit_events {
-                store::copy_events(&tx, &applied, &out.late_flags).await?;
-            }
-            store::write_outputs(&tx, &out, &cfg.engine).await?;
-            phases[2] = t_commit.elapsed();
-            store::write_rejected(&tx, &cfg.topic, &rejected).await?;
-            let positions: Vec<Position> = ends
-                .iter()
-                .filter_map(|(p, next)| {
-                    self.parts.get(p).map(|part| Position {
-                        partition: *p,
-                        next_offset: *next,
-                        watermark: part.state.watermark,
-                        max_event_time: part.state.max_event_time,
-                    })
-                })
-                .collect();
-            store::write_positions(&tx, &cfg.group, &cfg.topic, &positions).await?;
-            let gwm =
-                store::global_watermark(&tx, &cfg.group, &cfg.topic, self.partition_count).await?;
-            let mut alerts = Vec::new();
-            if let Some(g) = gwm.filter(|g| self.alerts_closed_until.is_none_or(|c| *g > c)) {
-                alerts = store::raise_alerts(&tx, g, self.alerts_closed_until, cfg.alert).await?;
-            }
-            let mut hb = self.totals;
-            hb.batches += 1;
-            hb.records += records as i64;
-            hb.events += applied.len() as i64;
-            hb.rejected += rejected.len() as i64;
-            hb.late += out.late.len() as i64;
-            store::write_heartbeat(&tx, &cfg.instance_id, &cfg.group, self.started, &hb).await?;
-            tx.commit().await?;
-            Ok::<_, ProcessorError>((out, applied.len(), alerts, gwm))
-        })?;
-        let duplicates = records - rejected.len() - applied;
-        debug_assert!(duplicates >= in_batch_dups);
+                None => Err(ProcessorError::Config("no database connection".into())),
+            };
+            (parts, client, prepared, result)
+        });
+        InFlight { task }
+    }
 
-        // Committed: advance what the fence expects, then tell Kafka and the world.
+    /// Waits for the transaction task, takes the state back, and on success advances the
+    /// offsets the fence expects and tells Kafka, the metrics and the alert sinks.
+    fn finish(&mut self, job: InFlight) -> Result<(), ProcessorError> {
+        let (parts, client, prepared, result) = self
+            .handle
+            .block_on(job.task)
+            .map_err(|e| ProcessorError::Config(format!("transaction task failed: {e}")))?;
+        self.parts = parts;
+        self.client = client;
+        let done = result?;
+        let cfg = self.cfg;
+        let records = prepared.offsets.len();
+        let rejected = prepared.rejected.len();
+        let duplicates = records.saturating_sub(rejected + done.applied);
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in &ends {
+        for (p, next) in &prepared.ends {
             if let Some(part) = self.parts.get_mut(p) {
                 part.stored_next = Some(*next);
             }
@@ -385,31 +401,33 @@ impl Loop<'_> {
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "offset commit to kafka failed (PostgreSQL is authoritative)");
         }
-        if closed_until.is_some() {
-            self.alerts_closed_until = closed_until.max(self.alerts_closed_until);
+        if done.closed_until.is_some() {
+            self.alerts_closed_until = done.closed_until.max(self.alerts_closed_until);
         }
         self.totals.batches += 1;
         self.totals.records += records as i64;
-        self.totals.events += applied as i64;
-        self.totals.rejected += rejected.len() as i64;
+        self.totals.events += done.applied as i64;
+        self.totals.rejected += rejected as i64;
         self.totals.duplicates += duplicates as i64;
-        self.totals.late += out.late.len() as i64;
+        self.totals.late += done.late as i64;
         let m = &self.metrics;
-        m.commit_seconds.observe(t_commit.elapsed().as_secs_f64());
+        m.commit_seconds.observe(done.phases[3].as_secs_f64());
+        m.batch_seconds
+            .observe(prepared.first_polled.elapsed().as_secs_f64());
         m.batches.inc();
         m.batch_size.observe(records as f64);
         m.records_in.inc_by(records as u64);
-        m.events_valid.inc_by(applied as u64);
+        m.events_valid.inc_by(done.applied as u64);
         m.duplicates.inc_by(duplicates as u64);
-        m.late.inc_by(out.late.len() as u64);
-        for r in &rejected {
+        m.late.inc_by(done.late as u64);
+        for r in &prepared.rejected {
             m.rejected
                 .get_or_create(&ReasonLabel {
                     reason: r.reason.to_string(),
                 })
                 .inc();
         }
-        m.alerts.inc_by(alerts.len() as u64);
+        m.alerts.inc_by(done.alerts.len() as u64);
         m.last_commit
             .set(Utc::now().timestamp_micros() as f64 / 1e6);
         m.open_sessions.set(
@@ -418,21 +436,21 @@ impl Loop<'_> {
                 .map(|p| p.state.open_sessions() as i64)
                 .sum(),
         );
-        for a in &alerts {
+        for a in &done.alerts {
             for s in &mut self.sinks {
                 s.raise(a);
             }
         }
         tracing::debug!(
             records,
-            applied,
-            rejected = rejected.len(),
+            applied = done.applied,
+            rejected,
             duplicates,
-            sessions = out.sessions.len(),
-            dedup_ms = phases[0].as_millis() as u64,
-            apply_ms = (phases[1] - phases[0]).as_millis() as u64,
-            write_ms = (phases[2] - phases[1]).as_millis() as u64,
-            total_ms = t_commit.elapsed().as_millis() as u64,
+            sessions = done.sessions,
+            dedup_ms = done.phases[0].as_millis() as u64,
+            apply_ms = (done.phases[1] - done.phases[0]).as_millis() as u64,
+            write_ms = (done.phases[2] - done.phases[1]).as_millis() as u64,
+            total_ms = done.phases[3].as_millis() as u64,
             "batch committed"
         );
         Ok(())
@@ -475,12 +493,12 @@ impl Loop<'_> {
                     tracing::warn!(error = %e, ?backoff, "reloading state failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
-                    if self.client.is_closed() {
+                    if self.client.as_ref().is_none_or(|c| c.is_closed()) {
                         if let Ok(c) = self
                             .handle
                             .block_on(clickstream_db::connect(&self.cfg.database_url))
                         {
-                            self.client = c;
+                            self.client = Some(c);
                         }
                     }
                 }
@@ -494,8 +512,11 @@ impl Loop<'_> {
         let cfg = self.cfg;
         let since = self.alerts_closed_until;
         let count = self.partition_count;
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
         let (alerts, gwm) = self.handle.clone().block_on(async {
-            let tx = self.client.transaction().await?;
+            let tx = client.transaction().await?;
             let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, count).await?;
             let mut alerts = Vec::new();
             if let Some(g) = gwm.filter(|g| since.is_none_or(|c| *g > c)) {
@@ -534,13 +555,145 @@ impl Loop<'_> {
     fn prune(&self) {
         let horizon = EventTime::now()
             .add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
-        match self
-            .handle
-            .block_on(store::prune_seen(&self.client, horizon))
-        {
+        let Some(client) = &self.client else { return };
+        match self.handle.block_on(store::prune_seen(client, horizon)) {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),
         }
     }
+}
+
+/// A polled batch, validated and deduplicated, its rejects already dead-lettered.
+struct Prepared {
+    valid: Vec<SourcedEvent>,
+    rejected: Vec<Rejected>,
+    /// Next offset per partition after this batch.
+    ends: HashMap<i32, i64>,
+    /// Every record's position (valid, rejected or duplicate).
+    offsets: Vec<(i32, i64)>,
+    first_polled: Instant,
+}
+
+impl Prepared {
+    /// Keeps only records of partitions we own that are not yet committed (after a
+    /// rebalance or a seek back, the consumer can hand over records of either kind).
+    fn retain_owned(&mut self, parts: &HashMap<i32, Part>) {
+        let keep = |p: i32, o: i64| {
+            parts
+                .get(&p)
+                .is_some_and(|x| x.stored_next.is_none_or(|n| o >= n))
+        };
+        self.valid.retain(|e| keep(e.partition, e.offset));
+        self.rejected.retain(|r| keep(r.partition, r.offset));
+        self.offsets.retain(|&(p, o)| keep(p, o));
+        self.ends.retain(|&p, end| keep(p, *end - 1));
+    }
+}
+
+/// A batch transaction running on the runtime.
+struct InFlight {
+    #[allow(clippy::type_complexity)]
+    task: tokio::task::JoinHandle<(
+        HashMap<i32, Part>,
+        Option<Client>,
+        Prepared,
+        Result<TxDone, ProcessorError>,
+    )>,
+}
+
+#[derive(Clone, Copy)]
+struct TxContext {
+    partition_count: i32,
+    alerts_since: Option<EventTime>,
+    totals: Heartbeat,
+    started: chrono::DateTime<Utc>,
+}
+
+/// What a committed transaction did.
+struct TxDone {
+    applied: usize,
+    late: usize,
+    sessions: usize,
+    alerts: Vec<store::Alert>,
+    closed_until: Option<EventTime>,
+    /// Elapsed at: dedup done, operators applied, outputs written, committed.
+    phases: [Duration; 4],
+}
+
+/// One batch, one transaction: fence, dedup ledger, operators, every output, offsets,
+/// alerts, heartbeat. Operator state is changed in place; if this fails the caller
+/// reloads it from PostgreSQL.
+async fn run_transaction(
+    cfg: &ProcessorConfig,
+    client: &mut Client,
+    parts: &mut HashMap<i32, Part>,
+    prepared: &mut Prepared,
+    expected: &HashMap<i32, Option<i64>>,
+    ctx: TxContext,
+) -> Result<TxDone, ProcessorError> {
+    let t0 = Instant::now();
+    let mut phases = [Duration::ZERO; 4];
+    let tx = client.transaction().await?;
+    store::fence(&tx, &cfg.group, &cfg.topic, expected).await?;
+    let fresh = store::claim_new(&tx, &prepared.valid).await?;
+    phases[0] = t0.elapsed();
+    let applied: Vec<SourcedEvent> = std::mem::take(&mut prepared.valid)
+        .into_iter()
+        .filter(|e| fresh.contains(&e.event.event_id))
+        .collect();
+    let mut out = BatchOutput::default();
+    for e in &applied {
+        if let Some(part) = parts.get_mut(&e.partition) {
+            part.state.apply(e, &cfg.engine, &mut out);
+        }
+    }
+    for p in prepared.ends.keys() {
+        if let Some(part) = parts.get_mut(p) {
+            part.state.finish_batch(&cfg.engine, &mut out);
+        }
+    }
+    phases[1] = t0.elapsed();
+    if cfg.audit_events {
+        store::copy_events(&tx, &applied, &out.late_flags).await?;
+    }
+    store::write_outputs(&tx, &out, &cfg.engine).await?;
+    store::write_rejected(&tx, &cfg.topic, &prepared.rejected).await?;
+    phases[2] = t0.elapsed();
+    let positions: Vec<Position> = prepared
+        .ends
+        .iter()
+        .filter_map(|(p, next)| {
+            parts.get(p).map(|part| Position {
+                partition: *p,
+                next_offset: *next,
+                watermark: part.state.watermark,
+                max_event_time: part.state.max_event_time,
+            })
+        })
+        .collect();
+    store::write_positions(&tx, &cfg.group, &cfg.topic, &positions).await?;
+    let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, ctx.partition_count).await?;
+    let mut alerts = Vec::new();
+    if let Some(g) = gwm.filter(|g| ctx.alerts_since.is_none_or(|c| *g > c)) {
+        alerts = store::raise_alerts(&tx, g, ctx.alerts_since, cfg.alert).await?;
+    }
+    let mut hb = ctx.totals;
+    hb.batches += 1;
+    hb.records += prepared.offsets.len() as i64;
+    hb.events += applied.len() as i64;
+    hb.rejected += prepared.rejected.len() as i64;
+    hb.duplicates += (prepared.offsets.len() - prepared.rejected.len() - applied.len()) as i64;
+    hb.late += out.late.len() as i64;
+    store::write_heartbeat(&tx, &cfg.instance_id, &cfg.group, ctx.started, &hb).await?;
+    tx.commit().await?;
+    phases[3] = t0.elapsed();
+    Ok(TxDone {
+        applied: applied.len(),
+        late: out.late.len(),
+        sessions: out.sessions.len(),
+        alerts,
+        closed_until: gwm,
+        phases,
+    })
 }
