@@ -93,6 +93,8 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
 
 
     topic="bench.lat.$stamp"
+    # Create the topic first (a zero-record run), so the processor can subscribe to it.
+    "$BIN" generate --topic "$topic" --no-catalog --progress never -n 0 2>/dev/null
     "$BIN" process --topic "$topic" --group "lat-$stamp" --metrics-addr 127.0.0.1:0 2>"$STATE/bench-latency.log" &
     ppid=$!
     "$BIN" generate --topic "$topic" --seed "$stamp" --no-catalog --progress never --eps 5000 --duration "$((LAT + 5))s" 2>/dev/null &
