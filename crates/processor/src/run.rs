@@ -191,22 +191,34 @@ pub fn run(
         } else {
             l.poll_batch(&stop)?
         };
+        // A dead-letter delivery failure abandons this batch like a failed transaction.
+        let mut abandoned = None;
         let mut prepared = if polled.is_empty() {
             None
         } else {
-            Some(l.prepare(polled)?)
+            match l.prepare(polled) {
+                Ok(p) => Some(p),
+                Err(e) if e.is_retriable() => {
+                    abandoned = Some(e);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         };
         if let Some(job) = inflight.take() {
             if let Err(e) = l.finish(job) {
                 if !e.is_retriable() {
                     return Err(e);
                 }
-                l.metrics.batches_abandoned.inc();
-                tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
-                l.reset(&stop)?;
-                // Polled before the seek back: it will be read again.
-                prepared = None;
+                abandoned = Some(e);
             }
+        }
+        if let Some(e) = abandoned {
+            l.metrics.batches_abandoned.inc();
+            tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
+            l.reset(&stop)?;
+            // Polled before the seek back: it will be read again.
+            prepared = None;
         }
         l.apply_assignment_changes()?;
         // State and connection are home between transactions: housekeeping goes here.
