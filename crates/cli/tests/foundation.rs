@@ -22,36 +22,32 @@ fn policy() -> ValidationPolicy {
     p
 }
 
+/// (version, applied_at) of every applied migration.
+async fn applied_migrations(admin: &tokio_postgres::Client) -> Vec<(i32, String)> {
+    admin
+        .query(
+            "SELECT version, applied_at::text FROM analytics.schema_migrations ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 #[tokio::test]
 async fn migrate_twice_is_a_noop_and_roles_are_separated() {
     let s = services();
     let db = TestDb::create(&s).await;
     let admin = connect(&db.admin_url).await;
-    let before: Vec<(i32, String)> = admin
-        .query(
-            "SELECT version, applied_at::text FROM analytics.schema_migrations ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let before = applied_migrations(&admin).await;
     assert!(!before.is_empty());
 
     let again = db.migrate();
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("schema up to date"));
-    let after: Vec<(i32, String)> = admin
-        .query(
-            "SELECT version, applied_at::text FROM analytics.schema_migrations ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let after = applied_migrations(&admin).await;
     assert_eq!(before, after, "a second migrate must not re-apply anything");
 
     // An edited migration is refused rather than silently ignored.

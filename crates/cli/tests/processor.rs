@@ -140,6 +140,20 @@ fn finish_feed(s: &Services, mut feed: Feed) -> (String, Vec<Rec>) {
     (feed.topic, records)
 }
 
+/// A fresh single-partition dead-letter topic.
+async fn dead_letter_topic(s: &Services) -> String {
+    let dlq = unique("dlq");
+    create_topic(&s.bootstrap, &dlq, 1).await;
+    dlq
+}
+
+/// Waits until the processors committed every record, plus one idle round so alert
+/// evaluation sees the final global watermark.
+async fn settle(db: &TestDb, group: &str, topic: &str, ends: &HashMap<i32, i64>) {
+    wait_caught_up(&db.admin_url, group, topic, ends, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
 fn expected_for(records: &[Rec]) -> Expected {
     let raw: Vec<(i32, i64, Vec<u8>)> = records
         .iter()
@@ -316,20 +330,10 @@ async fn results_equal_an_independent_reference() {
     let s = services();
     let db = TestDb::create(&s).await;
     let (topic, records) = finish_feed(&s, start_feed(&s, 4, 200_000, 101, None).await);
-    let dlq = unique("dlq");
-    create_topic(&s.bootstrap, &dlq, 1).await;
+    let dlq = dead_letter_topic(&s).await;
     let group = unique("g");
     let p = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
-    wait_caught_up(
-        &db.admin_url,
-        &group,
-        &topic,
-        &end_offsets(&records),
-        Duration::from_secs(300),
-    )
-    .await;
-    // One more idle round lets the alert evaluation see the final global watermark.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&db, &group, &topic, &end_offsets(&records)).await;
     let want = expected_for(&records);
 
     // The operational views agree with the data: Prometheus counters and `status`.
@@ -429,8 +433,7 @@ async fn kill_9_and_restart_changes_nothing() {
     // a new instance usually gets its partitions and works before it is killed).
     let feed = start_feed(&s, 4, 150_000, 202, Some(20.0)).await;
     let topic = feed.topic.clone();
-    let dlq = unique("dlq");
-    create_topic(&s.bootstrap, &dlq, 1).await;
+    let dlq = dead_letter_topic(&s).await;
     let group = unique("g");
     let mut progress = Vec::new();
     let mut p = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
@@ -454,15 +457,7 @@ async fn kill_9_and_restart_changes_nothing() {
         worked >= 3,
         "restarted instances must commit before the next kill: {progress:?}"
     );
-    wait_caught_up(
-        &db.admin_url,
-        &group,
-        &topic,
-        &ends,
-        Duration::from_secs(300),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&db, &group, &topic, &ends).await;
     p.stop();
     let want = expected_for(&records);
     assert_exact(&want, &actual(&db).await);
@@ -475,8 +470,7 @@ async fn rebalance_with_an_instance_killed_is_exact() {
     let db = TestDb::create(&s).await;
     let feed = start_feed(&s, 6, 150_000, 303, Some(50.0)).await;
     let topic = feed.topic.clone();
-    let dlq = unique("dlq");
-    create_topic(&s.bootstrap, &dlq, 1).await;
+    let dlq = dead_letter_topic(&s).await;
     let group = unique("g");
     let a = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
     let b = Processor::start(&s, &db, &topic, &dlq, &group, &processor_flags());
@@ -491,15 +485,7 @@ async fn rebalance_with_an_instance_killed_is_exact() {
         before > 0 && before < total,
         "the kill must land mid-run: {before} of {total} committed"
     );
-    wait_caught_up(
-        &db.admin_url,
-        &group,
-        &topic,
-        &ends,
-        Duration::from_secs(300),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&db, &group, &topic, &ends).await;
     a.stop();
     c.stop();
     let want = expected_for(&records);
