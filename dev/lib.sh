@@ -7,11 +7,25 @@ CACHE=${CLICKSTREAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/clickstream}
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Creates .env from .env.example with a fresh random password for every __RANDOM__.
+# Creates .env from .env.example with a fresh random password for every __RANDOM__; an
+# existing .env only gains the settings added to .env.example since it was made.
 ensure_env() {
-    [ -f "$ROOT/.env" ] && return 0
+    local line out="" key
+    if [ -f "$ROOT/.env" ]; then
+        while IFS= read -r line || [ -n "$line" ]; do
+            [[ "$line" =~ ^([A-Z_][A-Z0-9_]*)= ]] || continue
+            key=${BASH_REMATCH[1]}
+            grep -q "^$key=" "$ROOT/.env" && continue
+            while [[ "$line" == *__RANDOM__* ]]; do
+                line=${line/__RANDOM__/$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+            done
+            log "adding $key (new in .env.example) to .env"
+            out+="$line"$'\n'
+        done < "$ROOT/.env.example"
+        [ -z "$out" ] || printf '%s' "$out" >> "$ROOT/.env"
+        return 0
+    fi
     log "creating .env from .env.example with freshly generated passwords"
-    local line out=""
     while IFS= read -r line || [ -n "$line" ]; do
         while [[ "$line" == *__RANDOM__* ]]; do
             line=${line/__RANDOM__/$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}

@@ -4,6 +4,7 @@
 mod generate;
 mod migrate;
 mod process;
+mod serve;
 mod signals;
 mod status;
 
@@ -47,6 +48,8 @@ enum Command {
     Process(Box<process::ProcessArgs>),
     /// Show consumer lag per partition, last commits and processing rates.
     Status(status::StatusArgs),
+    /// Serve the live dashboard (web page, JSON API, server-sent updates).
+    Serve(serve::ServeArgs),
 }
 
 /// Where the processor reads from; shared by `process` and `status`.
@@ -99,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Process(args) => process::run(*args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }
 

@@ -75,19 +75,25 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let inst = client
         .query(
             "SELECT instance_id, extract(epoch FROM now() - last_commit_at)::float8,
-                    extract(epoch FROM last_commit_at - started_at)::float8,
-                    batches, records, events, rejected, duplicates, late
-               FROM analytics.processor_heartbeat WHERE consumer_group = $1 ORDER BY last_commit_at DESC",
+                    extract(epoch FROM last_seen_at - started_at)::float8,
+                    batches, records, events, rejected, duplicates, late,
+                    extract(epoch FROM now() - last_seen_at)::float8
+               FROM analytics.processor_heartbeat WHERE consumer_group = $1
+              ORDER BY last_seen_at DESC",
             &[&args.source.group],
         )
         .await?;
     for r in inst {
         let up: f64 = r.get(2);
         let events: i64 = r.get(5);
+        let last_commit = r
+            .get::<_, Option<f64>>(1)
+            .map_or("never".to_string(), |s| format!("{s:.1}s ago"));
         println!(
-            "instance {}: last commit {:.1}s ago, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
+            "instance {}: seen {:.1}s ago, last commit {}, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
             r.get::<_, String>(0),
-            r.get::<_, f64>(1),
+            r.get::<_, f64>(9),
+            last_commit,
             r.get::<_, i64>(3),
             r.get::<_, i64>(4),
             events,

@@ -141,12 +141,6 @@ fn finish_feed(s: &Services, mut feed: Feed) -> (String, Vec<Rec>) {
 }
 
 /// A fresh single-partition dead-letter topic.
-async fn dead_letter_topic(s: &Services) -> String {
-    let dlq = unique("dlq");
-    create_topic(&s.bootstrap, &dlq, 1).await;
-    dlq
-}
-
 /// Waits until the processors committed every record, plus one idle round so alert
 /// evaluation sees the final global watermark.
 async fn settle(db: &TestDb, group: &str, topic: &str, ends: &HashMap<i32, i64>) {

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "stream_processor",
         sql: include_str!("../../../db/migrations/0002_stream_processor.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dashboard",
+        sql: include_str!("../../../db/migrations/0003_dashboard.sql"),
+    },
 ];
 
 /// The application roles the migrations create.

@@ -228,6 +228,7 @@ pub fn run(
             if let Err(e) = l.evaluate_alerts() {
                 tracing::warn!(error = %e, "evaluating alerts failed; will retry");
             }
+            l.touch_heartbeat();
             last_lag = Instant::now();
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
@@ -243,6 +244,14 @@ pub fn run(
         }
         if stopping {
             break;
+        }
+    }
+    if let Some(client) = &l.client {
+        if let Err(e) = l
+            .handle
+            .block_on(store::mark_stopped(client, &cfg.instance_id))
+        {
+            tracing::debug!(error = %e, "could not record the clean shutdown");
         }
     }
     tracing::info!("processor stopping: the last batch was committed");
@@ -561,6 +570,16 @@ impl Loop<'_> {
                     .get_or_create(&PartitionLabel { partition: *p })
                     .set(lag.max(0));
             }
+        }
+    }
+
+    /// Liveness for dashboards and `status` while no batch commits (idle input).
+    fn touch_heartbeat(&self) {
+        let Some(client) = &self.client else { return };
+        let touch =
+            store::touch_heartbeat(client, &self.cfg.instance_id, &self.cfg.group, self.started);
+        if let Err(e) = self.handle.block_on(touch) {
+            tracing::debug!(error = %e, "heartbeat failed; the next commit writes it");
         }
     }
 

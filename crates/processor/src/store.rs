@@ -628,12 +628,47 @@ pub async fn write_heartbeat(
         "INSERT INTO analytics.processor_heartbeat AS t
                 (instance_id, consumer_group, started_at, last_commit_at, batches, records, events, rejected, duplicates, late)
          VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (instance_id) DO UPDATE SET last_commit_at = now(), batches = EXCLUDED.batches,
+         ON CONFLICT (instance_id) DO UPDATE SET last_commit_at = now(), last_seen_at = now(),
+            stopped_at = NULL,
+            batches = EXCLUDED.batches,
             records = EXCLUDED.records, events = EXCLUDED.events, rejected = EXCLUDED.rejected,
             duplicates = EXCLUDED.duplicates, late = EXCLUDED.late",
         &[&instance, &group, &started, &hb.batches, &hb.records, &hb.events, &hb.rejected, &hb.duplicates, &hb.late],
     )
     .await?;
+    Ok(())
+}
+
+/// Marks this instance alive without a commit (idle processors), creating its row with
+/// zero counters if it never committed.
+pub async fn touch_heartbeat(
+    client: &Client,
+    instance: &str,
+    group: &str,
+    started: DateTime<Utc>,
+) -> Result<(), ProcessorError> {
+    client
+        .execute(
+            "INSERT INTO analytics.processor_heartbeat AS t
+                    (instance_id, consumer_group, started_at, last_commit_at, last_seen_at,
+                     batches, records, events, rejected, duplicates, late)
+             VALUES ($1, $2, $3, NULL, now(), 0, 0, 0, 0, 0, 0)
+             ON CONFLICT (instance_id) DO UPDATE SET last_seen_at = now(), stopped_at = NULL",
+            &[&instance, &group, &started],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records a clean shutdown, so dashboards tell "stopped" from "crashed" at once.
+pub async fn mark_stopped(client: &Client, instance: &str) -> Result<(), ProcessorError> {
+    client
+        .execute(
+            "UPDATE analytics.processor_heartbeat SET stopped_at = now(), last_seen_at = now()
+              WHERE instance_id = $1",
+            &[&instance],
+        )
+        .await?;
     Ok(())
 }
 

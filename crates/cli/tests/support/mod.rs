@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod reference;
 
 use std::collections::HashMap;
@@ -235,6 +236,13 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     for r in res {
         r.expect("topic created");
     }
+}
+
+/// A fresh one-partition dead-letter topic.
+pub async fn dead_letter_topic(s: &Services) -> String {
+    let dlq = unique("dlq");
+    create_topic(&s.bootstrap, &dlq, 1).await;
+    dlq
 }
 
 /// Per-partition end offsets (next offset after the last record) of `records`.
