@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo: local stack up, schema migrated, the stream processor running in the
-# background, and the simulator streaming shoppers into Kafka in real time with a live
-# rate line. Ctrl-C stops both cleanly and prints the pipeline status.
+# The demo: local stack up, schema migrated, the stream processor and the live dashboard
+# running in the background, and the simulator streaming shoppers into Kafka in real time
+# with a live rate line. Ctrl-C stops everything cleanly and prints the pipeline status.
 # Extra arguments go to `clickstream generate` (e.g. --eps 5000, --duration 2m).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -16,11 +16,16 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/clickstream
 "$BIN" migrate
 "$BIN" process 2>"$STATE/process.log" &
 proc=$!
-stop_processor() {
+"$BIN" serve 2>"$STATE/serve.log" &
+dash=$!
+stop_all() {
+    kill -TERM "$dash" 2>/dev/null && wait "$dash" 2>/dev/null || true
     kill -TERM "$proc" 2>/dev/null && wait "$proc" 2>/dev/null || true
     "$BIN" status || true
 }
-trap stop_processor EXIT
+trap stop_all EXIT
 log "processor running (log: $STATE/process.log, metrics: http://127.0.0.1:9187/metrics)"
+token=${CLICKSTREAM_DASHBOARD_TOKEN:+?token=$CLICKSTREAM_DASHBOARD_TOKEN}
+log "live dashboard: http://${CLICKSTREAM_DASHBOARD_ADDR:-127.0.0.1:8080}/$token (log: $STATE/serve.log)"
 log "generating into Kafka topic $CLICKSTREAM_RAW_TOPIC at ${CLICKSTREAM_EPS} events/s (Ctrl-C to stop)"
 "$BIN" generate --progress always "$@" || true

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing needs on a fresh Debian/Ubuntu machine: the C toolchain
 # and headers rdkafka's vendored librdkafka build wants, Rust's rustfmt and clippy, Python's
-# YAML module for the compose check. Fast and silent when everything is already there.
+# YAML module for the compose check, and Chromium for the dashboard's browser test. Fast and
+# silent when everything is already there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-apt_ensure build-essential cmake libcurl4-openssl-dev pkg-config python3-yaml
+apt_ensure build-essential cmake libcurl4-openssl-dev pkg-config python3-yaml chromium
 if ! command -v cargo >/dev/null; then
     die "Rust is not installed: see https://rustup.rs (stable toolchain)"
 fi
