@@ -2,6 +2,7 @@
 //! logging and hands each subcommand to the crate that implements the stage.
 
 mod generate;
+mod lake;
 mod migrate;
 mod process;
 mod serve;
@@ -50,6 +51,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Serve the live dashboard (web page, JSON API, server-sent updates).
     Serve(serve::ServeArgs),
+    /// Write every raw record to bronze and every distinct valid event to silver (Parquet).
+    Lake(Box<lake::LakeArgs>),
 }
 
 /// Where the processor reads from; shared by `process` and `status`.
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Process(args) => process::run(*args).await,
         Command::Status(args) => status::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Lake(args) => lake::run(*args).await,
     }
 }
 

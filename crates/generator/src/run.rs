@@ -94,7 +94,7 @@ pub fn run(
         sink.send(r.key, r.payload)?;
         bytes += (r.key.len() + r.payload.len()) as u64;
         n += 1;
-        if opts.pace || n % 1024 == 0 {
+        if opts.pace || n.is_multiple_of(1024) {
             let mut now = started.elapsed();
             if opts.pace && due > now + Duration::from_millis(2) {
                 // Sleep in short slices so a stop signal is seen promptly.

@@ -63,6 +63,24 @@ impl FromStr for EventType {
     }
 }
 
+/// Whether a user agent looks like a crawler or script (the stream processor and the lake
+/// flag such events and sessions as bots the same way).
+pub fn is_bot_agent(ua: Option<&str>) -> bool {
+    let Some(ua) = ua else { return false };
+    let ua = ua.to_ascii_lowercase();
+    [
+        "bot",
+        "crawler",
+        "spider",
+        "python-requests",
+        "scrapy",
+        "curl/",
+        "wget/",
+    ]
+    .iter()
+    .any(|m| ua.contains(m))
+}
+
 /// An amount of money in cents. On the wire it is a JSON number with up to two decimals
 /// (`12.34`); inside the pipeline it stays an integer so sums are exact to the cent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

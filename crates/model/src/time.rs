@@ -85,7 +85,7 @@ impl EventTime {
         buf[16] = b':';
         put2(&mut buf[17..19], sod % 60);
         buf[19] = b'.';
-        let len = if sub % 1000 == 0 {
+        let len = if sub.is_multiple_of(1000) {
             put3(&mut buf[20..23], sub / 1000);
             buf[23] = b'Z';
             24

@@ -59,22 +59,7 @@ pub struct SourcedEvent {
     pub offset: i64,
 }
 
-/// Whether a user agent looks like a crawler or script.
-pub fn is_bot_agent(ua: Option<&str>) -> bool {
-    let Some(ua) = ua else { return false };
-    let ua = ua.to_ascii_lowercase();
-    [
-        "bot",
-        "crawler",
-        "spider",
-        "python-requests",
-        "scrapy",
-        "curl/",
-        "wget/",
-    ]
-    .iter()
-    .any(|m| ua.contains(m))
-}
+pub use clickstream_model::event::is_bot_agent;
 
 /// One session's running totals.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,87 @@
+//! `clickstream lake`: flags -> [`WriterConfig`], then the bronze / silver writer on a
+//! blocking thread until Ctrl-C or SIGTERM (which commits every open range first).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use clickstream_lake::{LakeWriter, WriterConfig};
+
+/// Settings of `clickstream lake`.
+#[derive(Debug, Args)]
+pub struct LakeArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Topic of raw events.
+    #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
+    topic: String,
+    /// Consumer group of the lake writer (its own, so it never competes with processors).
+    #[arg(
+        long,
+        env = "CLICKSTREAM_LAKE_GROUP",
+        default_value = "clickstream-lake"
+    )]
+    group: String,
+    /// Lake root directory (bronze/, silver/, gold/ below it).
+    #[arg(long, env = "CLICKSTREAM_LAKE_DIR", default_value = "data")]
+    lake_dir: PathBuf,
+    /// Close a partition's files after this many records...
+    #[arg(
+        long,
+        env = "CLICKSTREAM_LAKE_ROLL_RECORDS",
+        default_value_t = 2_000_000
+    )]
+    roll_records: usize,
+    /// ... or when they are this old.
+    #[arg(long, env = "CLICKSTREAM_LAKE_ROLL_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    roll_interval: Duration,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = 65_536)]
+    row_group_rows: usize,
+    /// Re-sent events within this much Kafka time of the original are kept out of silver.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    dedup_window: Duration,
+    /// Oldest event time silver accepts (keep equal to the processor's).
+    #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
+    max_event_age: Duration,
+    /// Furthest future event time silver accepts.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    max_event_future: Duration,
+}
+
+pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
+    if args.roll_records == 0 || args.row_group_rows == 0 {
+        anyhow::bail!("--roll-records and --row-group-rows must be positive");
+    }
+    let cfg = WriterConfig {
+        root: args.lake_dir,
+        bootstrap: args.bootstrap,
+        topic: args.topic,
+        group: args.group,
+        roll_records: args.roll_records,
+        roll_interval: args.roll_interval,
+        row_group_rows: args.row_group_rows,
+        dedup_window: args.dedup_window,
+        max_event_age: args.max_event_age,
+        max_event_future: args.max_event_future,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::signals::stop_on_signal(stop.clone());
+    let report =
+        tokio::task::spawn_blocking(move || LakeWriter::open(cfg).and_then(|w| w.run(&stop)))
+            .await
+            .context("lake writer thread")??;
+    tracing::info!(
+        records = report.records,
+        events = report.events,
+        duplicates = report.duplicates,
+        invalid = report.invalid,
+        ranges = report.ranges,
+        "lake writer done"
+    );
+    Ok(())
+}

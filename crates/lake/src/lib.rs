@@ -1,0 +1,62 @@
+//! The lake: bronze (raw records) and silver (validated, deduplicated events) Parquet
+//! written exactly once from Kafka, the daily gold batch computed from silver, reports,
+//! and the lambda check against the stream processor's tables.
+//!
+//! # Layout
+//!
+//! - [`layout`]: directory layout, file names (Kafka offset ranges), crash recovery.
+//! - [`schema`]: Arrow schemas and row buffers of bronze and silver.
+//! - [`writer`]: the consumer that writes bronze and silver.
+//! - [`read`]: reading silver events and bronze records back.
+
+pub mod layout;
+pub mod read;
+pub mod schema;
+pub mod writer;
+
+use std::path::Path;
+
+use thiserror::Error;
+
+pub use layout::Lake;
+pub use writer::{LakeWriter, WriterConfig, WriterReport};
+
+/// Errors of the lake.
+#[derive(Debug, Error)]
+pub enum LakeError {
+    /// A file or directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another writer holds the lake.
+    #[error("another lake writer is running on {0} (its lock file is held)")]
+    Locked(String),
+    /// Parquet encoding or decoding failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Arrow rejected a batch.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A lake file does not have the expected columns.
+    #[error("{0}: not a lake file of this version (unexpected columns)")]
+    Corrupt(String),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl LakeError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> LakeError {
+        LakeError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Reading the lake back: silver events (only the columns the batch needs) and bronze
+//! record positions, with the `parquet` crate's Arrow reader.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, BinaryArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use clickstream_model::EventType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+use crate::LakeError;
+
+/// The silver columns the daily batch uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilverEvent {
+    /// Event id.
+    pub event_id: u128,
+    /// Type.
+    pub event_type: EventType,
+    /// Event time, µs since the epoch.
+    pub event_time_us: i64,
+    /// User.
+    pub user_id: u128,
+    /// Visit.
+    pub session_id: u128,
+    /// Product, if any.
+    pub product_id: Option<Arc<str>>,
+    /// Category, if any.
+    pub category: Option<Arc<str>>,
+    /// Units carted or bought.
+    pub quantity: Option<i32>,
+    /// Order of a purchase line.
+    pub order_id: Option<u128>,
+    /// Line amount of a purchase, cents.
+    pub amount_cents: Option<i64>,
+    /// Bot user agent.
+    pub is_bot: bool,
+    /// Kafka partition.
+    pub kafka_partition: i32,
+    /// Kafka offset.
+    pub kafka_offset: i64,
+}
+
+const SILVER_COLUMNS: [&str; 13] = [
+    "event_id",
+    "event_type",
+    "event_time",
+    "user_id",
+    "session_id",
+    "product_id",
+    "category",
+    "quantity",
+    "order_id",
+    "amount_cents",
+    "is_bot",
+    "kafka_partition",
+    "kafka_offset",
+];
+
+fn batches(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>, LakeError> {
+    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(16_384)
+        .build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, LakeError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| LakeError::Corrupt(format!("{} (column {name})", path.display())))
+}
+
+fn uuid_of(s: &str, path: &Path) -> Result<u128, LakeError> {
+    uuid::Uuid::parse_str(s)
+        .map(|u| u.as_u128())
+        .map_err(|_| LakeError::Corrupt(format!("{} (bad uuid {s})", path.display())))
+}
+
+/// Every event of one silver file.
+pub fn read_silver(path: &Path) -> Result<Vec<SilverEvent>, LakeError> {
+    let mut out = Vec::new();
+    // Repeated strings (products, categories) share one allocation per file.
+    let mut interned: std::collections::HashMap<String, Arc<str>> = Default::default();
+    let mut intern = |s: &str| -> Arc<str> {
+        if let Some(a) = interned.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        interned.insert(s.to_string(), a.clone());
+        a
+    };
+    for b in batches(path, &SILVER_COLUMNS)? {
+        let id = col::<StringArray>(&b, "event_id", path)?;
+        let ty = col::<StringArray>(&b, "event_type", path)?;
+        let time = col::<TimestampMicrosecondArray>(&b, "event_time", path)?;
+        let user = col::<StringArray>(&b, "user_id", path)?;
+        let session = col::<StringArray>(&b, "session_id", path)?;
+        let product = col::<StringArray>(&b, "product_id", path)?;
+        let category = col::<StringArray>(&b, "category", path)?;
+        let qty = col::<Int32Array>(&b, "quantity", path)?;
+        let order = col::<StringArray>(&b, "order_id", path)?;
+        let amount = col::<Int64Array>(&b, "amount_cents", path)?;
+        let bot = col::<BooleanArray>(&b, "is_bot", path)?;
+        let part = col::<Int32Array>(&b, "kafka_partition", path)?;
+        let off = col::<Int64Array>(&b, "kafka_offset", path)?;
+        for i in 0..b.num_rows() {
+            let event_type = ty
+                .value(i)
+                .parse::<EventType>()
+                .map_err(|_| LakeError::Corrupt(format!("{} (event type)", path.display())))?;
+            out.push(SilverEvent {
+                event_id: uuid_of(id.value(i), path)?,
+                event_type,
+                event_time_us: time.value(i),
+                user_id: uuid_of(user.value(i), path)?,
+                session_id: uuid_of(session.value(i), path)?,
+                product_id: (!product.is_null(i)).then(|| intern(product.value(i))),
+                category: (!category.is_null(i)).then(|| intern(category.value(i))),
+                quantity: (!qty.is_null(i)).then(|| qty.value(i)),
+                order_id: if order.is_null(i) {
+                    None
+                } else {
+                    Some(uuid_of(order.value(i), path)?)
+                },
+                amount_cents: (!amount.is_null(i)).then(|| amount.value(i)),
+                is_bot: bot.value(i),
+                kafka_partition: part.value(i),
+                kafka_offset: off.value(i),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One bronze row's position and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BronzeRecord {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Record value as received (`None`: tombstone).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Every record of one bronze file.
+pub fn read_bronze(path: &Path) -> Result<Vec<BronzeRecord>, LakeError> {
+    let mut out = Vec::new();
+    for b in batches(path, &["kafka_partition", "kafka_offset", "value"])? {
+        let part = col::<Int32Array>(&b, "kafka_partition", path)?;
+        let off = col::<Int64Array>(&b, "kafka_offset", path)?;
+        let val = col::<BinaryArray>(&b, "value", path)?;
+        for i in 0..b.num_rows() {
+            out.push(BronzeRecord {
+                partition: part.value(i),
+                offset: off.value(i),
+                value: (!val.is_null(i)).then(|| val.value(i).to_vec()),
+            });
+        }
+    }
+    Ok(out)
+}

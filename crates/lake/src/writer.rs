@@ -1,0 +1,492 @@
+//! The lake writer: consumes the raw topic as its own consumer group and writes every
+//! record to bronze and every distinct valid event to silver, exactly once per offset.
+//!
+//! Per Kafka partition there is one open bronze file and one open silver file per (event
+//! date, event type), all covering the same offset range. A range is closed ("rolled")
+//! when it reaches `roll_records`, when it is `roll_interval` old, when the ingest date
+//! changes, or on shutdown: silver files are finished and renamed, then the bronze file,
+//! which commits the range (see [`crate::layout`]). Kafka offsets are committed after
+//! that, for lag tools only; the lake's own files say where to resume.
+//!
+//! Deduplication in silver is per partition (events are keyed by user, so a re-sent event
+//! lands on the partition of the original) over a window of Kafka time (`dedup_window`,
+//! 1 h by default: re-sends arrive within minutes). The window's ids are rebuilt from the
+//! newest committed silver files on start. The daily batch deduplicates again by
+//! `event_id` over the whole day, so gold is exact even beyond the window.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, StringArray, TimestampMillisecondArray};
+use clickstream_model::{parse_event, EventTime, EventType, ValidationPolicy};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::layout::{sync_dir, Lake, Range};
+use crate::schema::{
+    bronze_schema, silver_schema, writer_properties, BronzeRows, RawRecord, SilverRows,
+};
+use crate::LakeError;
+
+/// Settings of the lake writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Lake root directory.
+    pub root: PathBuf,
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Raw topic.
+    pub topic: String,
+    /// Consumer group (offsets committed for lag tools; the lake is authoritative).
+    pub group: String,
+    /// Close a partition's files after this many records...
+    pub roll_records: usize,
+    /// ... or when they are this old.
+    pub roll_interval: Duration,
+    /// Rows per Parquet row group (and per Arrow batch handed to the writer).
+    pub row_group_rows: usize,
+    /// Re-sent events within this much Kafka time of the original are dropped from silver.
+    pub dedup_window: Duration,
+    /// Oldest event time silver accepts (as the processor's `--max-event-age`).
+    pub max_event_age: Duration,
+    /// Furthest future event time silver accepts.
+    pub max_event_future: Duration,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterReport {
+    /// Records written to bronze.
+    pub records: u64,
+    /// Events written to silver.
+    pub events: u64,
+    /// Duplicates kept out of silver.
+    pub duplicates: u64,
+    /// Records that failed validation (bronze only).
+    pub invalid: u64,
+    /// Ranges committed.
+    pub ranges: u64,
+}
+
+/// A Parquet file being written under a temporary name.
+struct OpenFile {
+    tmp: PathBuf,
+    dir: PathBuf,
+    writer: ArrowWriter<File>,
+}
+
+impl OpenFile {
+    fn create(
+        dir: PathBuf,
+        partition: i32,
+        start: i64,
+        schema: arrow_schema::SchemaRef,
+        rows: usize,
+    ) -> Result<OpenFile, LakeError> {
+        std::fs::create_dir_all(&dir).map_err(|e| LakeError::io(&dir, e))?;
+        let tmp = dir.join(format!("part-p{partition:03}-{start:020}.parquet.tmp"));
+        let file = File::create(&tmp).map_err(|e| LakeError::io(&tmp, e))?;
+        let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(rows)))?;
+        Ok(OpenFile { tmp, dir, writer })
+    }
+
+    /// Finishes the file and renames it to its range's name (durably).
+    fn commit(self, range: Range) -> Result<PathBuf, LakeError> {
+        let file = self.writer.into_inner()?;
+        file.sync_all().map_err(|e| LakeError::io(&self.tmp, e))?;
+        let dest = self.dir.join(range.file_name());
+        std::fs::rename(&self.tmp, &dest).map_err(|e| LakeError::io(&dest, e))?;
+        sync_dir(&self.dir).map_err(|e| LakeError::io(&self.dir, e))?;
+        Ok(dest)
+    }
+}
+
+/// Ids seen within the window, oldest first.
+#[derive(Default)]
+struct Dedup {
+    seen: HashSet<u128>,
+    order: VecDeque<(i64, u128)>,
+}
+
+impl Dedup {
+    /// `true` if `id` is new (and remembers it at time `ts_ms`).
+    fn insert(&mut self, id: u128, ts_ms: i64, window_ms: i64) {
+        while let Some(&(t, old)) = self.order.front() {
+            if t >= ts_ms.saturating_sub(window_ms) {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id);
+        self.order.push_back((ts_ms, id));
+    }
+
+    fn contains(&self, id: u128) -> bool {
+        self.seen.contains(&id)
+    }
+}
+
+/// One partition's open range.
+struct PartitionFiles {
+    /// First offset of the open range.
+    start: i64,
+    /// Next offset expected.
+    next: i64,
+    opened: Option<Instant>,
+    bronze_date: String,
+    bronze: Option<(OpenFile, BronzeRows)>,
+    silver: BTreeMap<(String, EventType), (OpenFile, SilverRows)>,
+    records: usize,
+    dedup: Dedup,
+    /// Ids written in the open range (forgotten if it is abandoned).
+    pending_events: u64,
+}
+
+impl PartitionFiles {
+    fn new(start: i64, dedup: Dedup) -> Self {
+        PartitionFiles {
+            start,
+            next: start,
+            opened: None,
+            bronze_date: String::new(),
+            bronze: None,
+            silver: BTreeMap::new(),
+            records: 0,
+            dedup,
+            pending_events: 0,
+        }
+    }
+}
+
+/// The writer's state: the lake, the lock that keeps a second writer out, the partitions.
+pub struct LakeWriter {
+    cfg: WriterConfig,
+    lake: Lake,
+    _lock: File,
+    parts: HashMap<i32, PartitionFiles>,
+    report: WriterReport,
+}
+
+impl LakeWriter {
+    /// Takes the lake's lock, removes what a crash left behind, and loads each
+    /// partition's resume offset and dedup window.
+    pub fn open(cfg: WriterConfig) -> Result<LakeWriter, LakeError> {
+        std::fs::create_dir_all(&cfg.root).map_err(|e| LakeError::io(&cfg.root, e))?;
+        let lock_path = cfg.root.join(".writer.lock");
+        let lock = File::create(&lock_path).map_err(|e| LakeError::io(&lock_path, e))?;
+        lock.try_lock()
+            .map_err(|_| LakeError::Locked(cfg.root.display().to_string()))?;
+        let lake = Lake::new(&cfg.root);
+        let removed = lake.recover().map_err(|e| LakeError::io(lake.root(), e))?;
+        if removed > 0 {
+            tracing::info!(removed, "removed files of ranges that were never committed");
+        }
+        Ok(LakeWriter {
+            cfg,
+            lake,
+            _lock: lock,
+            parts: HashMap::new(),
+            report: WriterReport::default(),
+        })
+    }
+
+    /// Rebuilds partition `p`'s dedup window from its newest committed silver files.
+    fn load_dedup(&self, p: i32) -> Result<Dedup, LakeError> {
+        let window_ms = self.cfg.dedup_window.as_millis() as i64;
+        let mut by_range: BTreeMap<Range, Vec<PathBuf>> = BTreeMap::new();
+        for (path, r) in self
+            .lake
+            .files("silver")
+            .map_err(|e| LakeError::io(self.lake.root(), e))?
+        {
+            if r.partition == p {
+                by_range.entry(r).or_default().push(path);
+            }
+        }
+        let mut ids: Vec<(i64, u128)> = Vec::new();
+        let mut cutoff: Option<i64> = None;
+        for (_, paths) in by_range.iter().rev() {
+            let mut range_max = i64::MIN;
+            for path in paths {
+                for (ts, id) in read_ids(path)? {
+                    range_max = range_max.max(ts);
+                    ids.push((ts, id));
+                }
+            }
+            let c = *cutoff.get_or_insert(range_max.saturating_sub(window_ms));
+            if range_max < c {
+                break;
+            }
+        }
+        ids.sort_unstable();
+        let mut d = Dedup::default();
+        for (ts, id) in ids {
+            if cutoff.is_some_and(|c| ts >= c) {
+                d.insert(id, ts, window_ms);
+            }
+        }
+        Ok(d)
+    }
+
+    fn policy(&self) -> ValidationPolicy {
+        let mut p = ValidationPolicy::new(EventTime::now());
+        p.max_age_micros = self.cfg.max_event_age.as_micros() as i64;
+        p.max_future_micros = self.cfg.max_event_future.as_micros() as i64;
+        p
+    }
+
+    /// Consumes until `stop` is set, then commits every open range and returns.
+    pub fn run(mut self, stop: &AtomicBool) -> Result<WriterReport, LakeError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.bootstrap)
+            .set("group.id", &self.cfg.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("queued.max.messages.kbytes", "16384")
+            .create()?;
+        let md = consumer.fetch_metadata(Some(&self.cfg.topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.cfg.topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(LakeError::Config(format!(
+                "topic {} has no partitions (does it exist?)",
+                self.cfg.topic
+            )));
+        }
+        let committed = self
+            .lake
+            .committed_offsets()
+            .map_err(|e| LakeError::io(self.lake.root(), e))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let start = committed.get(p).copied().unwrap_or(0);
+            let dedup = self.load_dedup(*p)?;
+            tracing::info!(
+                partition = p,
+                resume_offset = start,
+                dedup_ids = dedup.seen.len(),
+                "partition ready"
+            );
+            self.parts.insert(*p, PartitionFiles::new(start, dedup));
+            let offset = if start == 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(start)
+            };
+            tpl.add_partition_offset(&self.cfg.topic, *p, offset)?;
+        }
+        // Every partition is ours: the lake lock already keeps a second writer out.
+        consumer.assign(&tpl)?;
+        tracing::info!(topic = %self.cfg.topic, partitions = partitions.len(), root = %self.lake.root().display(), "lake writer started");
+        let mut policy = self.policy();
+        let mut last_check = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
+                let msg = msg?;
+                let rec = RawRecord {
+                    topic: msg.topic(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    timestamp_ms: msg.timestamp().to_millis(),
+                    ingest_us: EventTime::now().as_micros(),
+                    key: msg.key(),
+                    value: msg.payload(),
+                };
+                self.append(&rec, &policy)?;
+            }
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                policy = self.policy();
+                let due: Vec<i32> = self
+                    .parts
+                    .iter()
+                    .filter(|(_, f)| {
+                        f.opened
+                            .is_some_and(|t| t.elapsed() >= self.cfg.roll_interval)
+                    })
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in due {
+                    self.roll(p, &consumer)?;
+                }
+            }
+        }
+        let all: Vec<i32> = self.parts.keys().copied().collect();
+        for p in all {
+            self.roll(p, &consumer)?;
+        }
+        tracing::info!(?self.report, "lake writer stopped; every open range was committed");
+        Ok(self.report)
+    }
+
+    fn append(&mut self, r: &RawRecord<'_>, policy: &ValidationPolicy) -> Result<(), LakeError> {
+        let rg_rows = self.cfg.row_group_rows;
+        let roll_records = self.cfg.roll_records;
+        let window_ms = self.cfg.dedup_window.as_millis() as i64;
+        let Some(f) = self.parts.get_mut(&r.partition) else {
+            return Ok(());
+        };
+        if r.offset < f.next {
+            return Ok(()); // already in the lake (a repeated fetch)
+        }
+        let ts_ms = r.timestamp_ms.unwrap_or(r.ingest_us / 1000);
+        let date = EventTime::from_millis(ts_ms).date_string();
+        if f.bronze.is_some() && f.bronze_date != date {
+            // A new ingest day starts a new bronze file.
+            self.roll_to(r.partition, r.offset)?;
+        }
+        let f = self.parts.get_mut(&r.partition).expect("partition present");
+        if f.bronze.is_none() {
+            f.start = r.offset;
+            f.opened = Some(Instant::now());
+            f.bronze_date = date.clone();
+            let dir = self.lake.bronze_dir(&date);
+            f.bronze = Some((
+                OpenFile::create(dir, r.partition, r.offset, bronze_schema(), rg_rows)?,
+                BronzeRows::default(),
+            ));
+        }
+        let (bf, rows) = f.bronze.as_mut().expect("open bronze file");
+        rows.push(r);
+        if rows.len() >= rg_rows {
+            bf.writer.write(&rows.finish())?;
+        }
+        self.report.records += 1;
+        match parse_event(r.value.unwrap_or_default(), policy) {
+            Ok(ev) => {
+                let id = ev.event_id.as_u128();
+                if f.dedup.contains(id) {
+                    self.report.duplicates += 1;
+                } else {
+                    f.dedup.insert(id, ts_ms, window_ms);
+                    let key = (ev.timestamp.date_string(), ev.event_type);
+                    let (sf, srows) = match f.silver.entry(key) {
+                        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            let (d, t) = v.key();
+                            let dir = self.lake.silver_dir(d, t.as_str());
+                            let file = OpenFile::create(
+                                dir,
+                                r.partition,
+                                f.start,
+                                silver_schema(),
+                                rg_rows,
+                            )?;
+                            v.insert((file, SilverRows::default()))
+                        }
+                    };
+                    srows.push(&ev, r.partition, r.offset, r.timestamp_ms);
+                    if srows.len() >= rg_rows {
+                        sf.writer.write(&srows.finish())?;
+                    }
+                    f.pending_events += 1;
+                }
+            }
+            Err(_) => self.report.invalid += 1,
+        }
+        f.next = r.offset + 1;
+        f.records += 1;
+        if f.records >= roll_records {
+            let next = f.next;
+            self.roll_to(r.partition, next)?;
+        }
+        Ok(())
+    }
+
+    /// Commits partition `p`'s open range as `[start, end)`.
+    fn roll_to(&mut self, p: i32, end: i64) -> Result<(), LakeError> {
+        let Some(f) = self.parts.get_mut(&p) else {
+            return Ok(());
+        };
+        let Some((mut bf, mut rows)) = f.bronze.take() else {
+            return Ok(());
+        };
+        let range = Range {
+            partition: p,
+            start: f.start,
+            end,
+        };
+        // Silver first; bronze last, which commits the range.
+        for (_, (mut sf, mut srows)) in std::mem::take(&mut f.silver) {
+            if !srows.is_empty() {
+                sf.writer.write(&srows.finish())?;
+            }
+            sf.commit(range)?;
+        }
+        if !rows.is_empty() {
+            bf.writer.write(&rows.finish())?;
+        }
+        bf.commit(range)?;
+        self.report.events += f.pending_events;
+        self.report.ranges += 1;
+        tracing::debug!(
+            partition = p,
+            start = range.start,
+            end = range.end,
+            records = f.records,
+            "range committed"
+        );
+        f.pending_events = 0;
+        f.records = 0;
+        f.opened = None;
+        f.start = end;
+        f.next = end;
+        Ok(())
+    }
+
+    fn roll(&mut self, p: i32, consumer: &BaseConsumer) -> Result<(), LakeError> {
+        let Some(next) = self
+            .parts
+            .get(&p)
+            .filter(|f| f.bronze.is_some())
+            .map(|f| f.next)
+        else {
+            return Ok(());
+        };
+        self.roll_to(p, next)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.cfg.topic, p, Offset::Offset(next))?;
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit to kafka failed (the lake is authoritative)");
+        }
+        Ok(())
+    }
+}
+
+/// `(kafka timestamp ms, event id)` of every row of a silver file.
+fn read_ids(path: &std::path::Path) -> Result<Vec<(i64, u128)>, LakeError> {
+    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id", "kafka_timestamp"]);
+    let reader = builder.with_projection(mask).build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let ids = batch
+            .column_by_name("event_id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| LakeError::Corrupt(path.display().to_string()))?;
+        let ts = batch
+            .column_by_name("kafka_timestamp")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            .ok_or_else(|| LakeError::Corrupt(path.display().to_string()))?;
+        for i in 0..batch.num_rows() {
+            let id = uuid::Uuid::parse_str(ids.value(i))
+                .map_err(|_| LakeError::Corrupt(path.display().to_string()))?;
+            let t = if ts.is_null(i) { 0 } else { ts.value(i) };
+            out.push((t, id.as_u128()));
+        }
+    }
+    Ok(out)
+}
