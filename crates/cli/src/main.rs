@@ -1,6 +1,7 @@
 //! `clickstream`: the pipeline's single binary. Parses arguments, loads `.env`, sets up
 //! logging and hands each subcommand to the crate that implements the stage.
 
+mod batch;
 mod generate;
 mod lake;
 mod migrate;
@@ -53,6 +54,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write every raw record to bronze and every distinct valid event to silver (Parquet).
     Lake(Box<lake::LakeArgs>),
+    /// Compute a day's gold tables from silver (or run daily on a schedule).
+    Batch(batch::BatchArgs),
+    /// Compare the streaming aggregates of a day with the batch recomputation from silver.
+    Verify(batch::VerifyArgs),
+    /// Write a day's report (JSON, CSV, Markdown) from the gold tables.
+    Report(batch::ReportArgs),
 }
 
 /// Where the processor reads from; shared by `process` and `status`.
@@ -107,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Lake(args) => lake::run(*args).await,
+        Command::Batch(args) => batch::run(args).await,
+        Command::Verify(args) => batch::verify(args).await,
+        Command::Report(args) => batch::report(args).await,
     }
 }
 

@@ -284,3 +284,351 @@ async fn a_second_writer_on_the_same_lake_is_refused() {
     first.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The gold numbers of one day computed naively from the Kafka records.
+#[derive(Debug, Default, PartialEq)]
+struct RefDay {
+    events: i64,
+    bot_events: i64,
+    product_views: i64,
+    cart_adds: i64,
+    purchases: i64,
+    orders: i64,
+    units: i64,
+    revenue_cents: i64,
+    dau: i64,
+    /// category -> (views, purchases, revenue, viewers, buyers)
+    categories: std::collections::BTreeMap<String, (i64, i64, i64, i64, i64)>,
+    most_viewed: Vec<String>,
+    best_selling: Vec<String>,
+}
+
+fn reference_days(recs: &[Rec]) -> HashMap<String, (RefDay, Vec<clickstream_model::Event>)> {
+    use clickstream_model::EventType::*;
+    let policy = ValidationPolicy::new(EventTime::now());
+    let mut sorted: Vec<&Rec> = recs.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut seen = HashSet::new();
+    let mut by_day: HashMap<String, Vec<clickstream_model::Event>> = HashMap::new();
+    for r in sorted {
+        if let Ok(e) = parse_event(&r.value, &policy) {
+            if seen.insert(e.event_id) {
+                by_day.entry(e.timestamp.date_string()).or_default().push(e);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for (day, evs) in by_day {
+        let mut d = RefDay {
+            events: evs.len() as i64,
+            ..RefDay::default()
+        };
+        let mut orders = HashSet::new();
+        let mut users = HashSet::new();
+        let mut views: HashMap<String, i64> = HashMap::new();
+        let mut sold: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut cat_users: HashMap<String, (HashSet<uuid::Uuid>, HashSet<uuid::Uuid>)> =
+            HashMap::new();
+        for e in &evs {
+            let bot = reference::is_bot(e.user_agent.as_deref());
+            d.bot_events += bot as i64;
+            if !bot {
+                users.insert(e.user_id);
+            }
+            let Some(p) = e.product_id.as_deref() else {
+                continue;
+            };
+            let cat = e.category.as_deref().unwrap_or_default().to_string();
+            let c = d.categories.entry(cat.clone()).or_default();
+            let cu = cat_users.entry(cat).or_default();
+            match e.event_type {
+                PageView => {
+                    d.product_views += 1;
+                    c.0 += 1;
+                    *views.entry(p.to_string()).or_default() += 1;
+                    if !bot {
+                        cu.0.insert(e.user_id);
+                    }
+                }
+                AddToCart => d.cart_adds += 1,
+                Purchase => {
+                    let amount = e.amount.unwrap().cents();
+                    let q = i64::from(e.quantity.unwrap());
+                    d.purchases += 1;
+                    d.units += q;
+                    d.revenue_cents += amount;
+                    orders.insert(e.order_id.unwrap());
+                    c.1 += 1;
+                    c.2 += amount;
+                    let s = sold.entry(p.to_string()).or_default();
+                    s.0 += q;
+                    s.1 += amount;
+                    if !bot {
+                        cu.1.insert(e.user_id);
+                    }
+                }
+            }
+        }
+        for (cat, (v, b)) in cat_users {
+            let c = d.categories.get_mut(&cat).unwrap();
+            c.3 = v.len() as i64;
+            c.4 = b.len() as i64;
+        }
+        d.orders = orders.len() as i64;
+        d.dau = users.len() as i64;
+        let mut mv: Vec<(i64, String)> = views.into_iter().map(|(p, n)| (-n, p)).collect();
+        mv.sort();
+        d.most_viewed = mv.into_iter().take(5).map(|x| x.1).collect();
+        let mut bs: Vec<((i64, i64), String)> =
+            sold.into_iter().map(|(p, (u, r))| ((-u, -r), p)).collect();
+        bs.sort();
+        d.best_selling = bs.into_iter().take(5).map(|x| x.1).collect();
+        out.insert(day, (d, evs));
+    }
+    out
+}
+
+async fn gold_day(db: &TestDb, day: &str) -> RefDay {
+    let c = connect(&db.admin_url).await;
+    let f = c
+        .query_one(
+            "SELECT events, bot_events, product_views, cart_adds, purchases, orders, units, revenue_cents
+               FROM analytics.gold_daily_funnel WHERE day = $1::text::date",
+            &[&day],
+        )
+        .await
+        .expect("gold funnel row");
+    let dau: i64 = c
+        .query_one(
+            "SELECT dau FROM analytics.gold_active_users WHERE day = $1::text::date",
+            &[&day],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let categories = c
+        .query(
+            "SELECT category, views, purchases, revenue_cents, viewers, buyers
+               FROM analytics.gold_category_daily WHERE day = $1::text::date",
+            &[&day],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+        .collect();
+    let list =
+        |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<String>>();
+    let top = "SELECT product_id FROM analytics.gold_top_products WHERE day = $1::text::date AND list = $2 ORDER BY rank";
+    RefDay {
+        events: f.get(0),
+        bot_events: f.get(1),
+        product_views: f.get(2),
+        cart_adds: f.get(3),
+        purchases: f.get(4),
+        orders: f.get(5),
+        units: f.get(6),
+        revenue_cents: f.get(7),
+        dau,
+        categories,
+        most_viewed: list(c.query(top, &[&day, &"most_viewed"]).await.unwrap()),
+        best_selling: list(c.query(top, &[&day, &"best_selling"]).await.unwrap()),
+    }
+}
+
+fn gold_bytes(dir: &Path, day: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for table in [
+        "daily_funnel",
+        "category_daily",
+        "top_products",
+        "active_users",
+        "user_segments",
+        "user_daily",
+    ] {
+        let p = dir
+            .join("gold")
+            .join(table)
+            .join(format!("date={day}"))
+            .join("part-0.parquet");
+        out.push((
+            table.to_string(),
+            std::fs::read(&p).unwrap_or_else(|_| panic!("{}", p.display())),
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let (topic, recs) = seeded_topic(&s, 40_000).await;
+    let ends = end_offsets(&recs);
+    let dir = lake_dir();
+    let lake = Lake::new(&dir);
+    let dlq = dead_letter_topic(&s).await;
+    let group = unique("g");
+    let processor = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
+    let writer = LakeWriter::start(&s, &topic, &dir, &["--roll-interval", "2s"]);
+    wait_committed(&lake, &ends, Duration::from_secs(180)).await;
+    wait_caught_up(
+        &db.writer_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(180),
+    )
+    .await;
+    writer.stop();
+    processor.stop();
+
+    let reference = reference_days(&recs);
+    let mut days: Vec<String> = reference.keys().cloned().collect();
+    days.sort();
+    assert_eq!(days.len(), 2, "two event dates: {days:?}");
+    let batch = |day: &str| {
+        let out = clickstream()
+            .args([
+                "batch",
+                "--date",
+                day,
+                "--database-url",
+                &db.writer_url,
+                "--lake-dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "batch {day}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for day in &days {
+        batch(day);
+        let got = gold_day(&db, day).await;
+        assert_eq!(got, reference[day].0, "gold of {day} vs the reference");
+        let out = clickstream()
+            .args([
+                "verify",
+                "--date",
+                day,
+                "--database-url",
+                &db.reader_url,
+                "--lake-dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "verify {day}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("no differences"), "{text}");
+    }
+    // Verify notices when the two sides disagree: drop one silver file of the first day.
+    let victim = lake.silver_files_of(&days[0]).unwrap().pop().unwrap().0;
+    std::fs::remove_file(&victim).unwrap();
+    let out = clickstream()
+        .args([
+            "verify",
+            "--date",
+            &days[0],
+            "--database-url",
+            &db.reader_url,
+            "--lake-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "verify missed a removed silver file: {text}"
+    );
+    assert!(text.contains("stream") && text.contains("batch"), "{text}");
+
+    // Segments of the second day cover both days' users.
+    let c = connect(&db.admin_url).await;
+    let seg_users: i64 = c
+        .query_one(
+            "SELECT sum(users)::int8 FROM analytics.gold_user_segments WHERE day = $1::text::date",
+            &[&days[1]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let product_viewers_or_carters: HashSet<uuid::Uuid> = reference
+        .values()
+        .flat_map(|(_, evs)| evs.iter())
+        .filter(|e| !reference::is_bot(e.user_agent.as_deref()) && e.product_id.is_some())
+        .map(|e| e.user_id)
+        .collect();
+    assert_eq!(
+        seg_users,
+        product_viewers_or_carters.len() as i64,
+        "every shopper of the 2 days is in one segment"
+    );
+
+    // A re-run gives the same bytes and the same rows.
+    let before = gold_bytes(&dir, &days[1]);
+    let rows_before = gold_day(&db, &days[1]).await;
+    batch(&days[1]);
+    assert!(
+        before == gold_bytes(&dir, &days[1]),
+        "gold Parquet changed on re-run"
+    );
+    assert_eq!(gold_day(&db, &days[1]).await, rows_before);
+
+    // The report of the day.
+    let out_dir = dir.join("reports");
+    let out = clickstream()
+        .args([
+            "report",
+            "--date",
+            &days[1],
+            "--database-url",
+            &db.reader_url,
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rdir = out_dir.join(&days[1]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rdir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        json["funnel"][0]["revenue_cents"].as_i64(),
+        Some(reference[&days[1]].0.revenue_cents)
+    );
+    assert_eq!(json["top_products"].as_array().unwrap().len(), 10);
+    let md = std::fs::read_to_string(rdir.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Funnel") && md.contains("## Segments"),
+        "{md}"
+    );
+    for csv in [
+        "funnel.csv",
+        "categories.csv",
+        "top_products.csv",
+        "segments.csv",
+        "alerts.csv",
+        "active_users.csv",
+    ] {
+        let text = std::fs::read_to_string(rdir.join(csv)).unwrap();
+        assert!(text.lines().count() >= 1, "{csv}");
+    }
+    let segs = std::fs::read_to_string(rdir.join("segments.csv")).unwrap();
+    assert_eq!(segs.lines().count(), 5, "{segs}");
+    db.drop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

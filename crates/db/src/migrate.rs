@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dashboard",
         sql: include_str!("../../../db/migrations/0003_dashboard.sql"),
     },
+    Migration {
+        version: 4,
+        name: "gold",
+        sql: include_str!("../../../db/migrations/0004_gold.sql"),
+    },
 ];
 
 /// The application roles the migrations create.

@@ -8,10 +8,17 @@
 //! - [`schema`]: Arrow schemas and row buffers of bronze and silver.
 //! - [`writer`]: the consumer that writes bronze and silver.
 //! - [`read`]: reading silver events and bronze records back.
+//! - [`gold`]: the daily aggregates as pure functions; [`batch`]: reading a day of
+//!   silver, writing gold Parquet and the PostgreSQL `gold_*` tables.
+//! - [`verify`]: the lambda check against the stream processor; [`report`]: daily reports.
 
+pub mod batch;
+pub mod gold;
 pub mod layout;
 pub mod read;
+pub mod report;
 pub mod schema;
+pub mod verify;
 pub mod writer;
 
 use std::path::Path;
@@ -47,6 +54,9 @@ pub enum LakeError {
     /// A lake file does not have the expected columns.
     #[error("{0}: not a lake file of this version (unexpected columns)")]
     Corrupt(String),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),

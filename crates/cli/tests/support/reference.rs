@@ -61,7 +61,7 @@ pub struct Expected {
     pub distinct_events: usize,
 }
 
-fn is_bot(ua: Option<&str>) -> bool {
+pub fn is_bot(ua: Option<&str>) -> bool {
     let ua = ua.unwrap_or("").to_lowercase();
     [
         "bot",
