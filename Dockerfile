@@ -1,4 +1,4 @@
-# One image for every pipeline service (generate, migrate, and later process/serve/batch).
+# One image for every pipeline service (generate, migrate, process, serve, lake, batch).
 FROM rust:1-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
@@ -14,7 +14,9 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 clickstream
+ && useradd --system --uid 10001 clickstream \
+ && mkdir -p /data \
+ && chown clickstream /data
 COPY --from=build /usr/local/bin/clickstream /usr/local/bin/clickstream
 USER clickstream
 ENTRYPOINT ["clickstream"]

@@ -20,4 +20,6 @@ cargo test --workspace --locked
 log "docker compose file checks"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 python3 dev/check_compose.py
+log "Airflow DAG compiles"
+python3 -m py_compile dags/*.py
 log "all tests passed"

@@ -487,6 +487,37 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
     let mut days: Vec<String> = reference.keys().cloned().collect();
     days.sort();
     assert_eq!(days.len(), 2, "two event dates: {days:?}");
+    // The scheduler catches up the past day at once (not today, which is not over), writes
+    // its report, then waits for its time; SIGTERM stops it.
+    let reports = dir.join("scheduled-reports");
+    let mut sched = clickstream()
+        .args(["batch", "--schedule", "--database-url", &db.writer_url, "--lake-dir"])
+        .arg(&dir)
+        .arg("--report-dir")
+        .arg(&reports)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reports.join(&days[0]).join("report.md").exists() {
+        assert!(Instant::now() < deadline, "the scheduler did not catch up {}", days[0]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = connect(&db.admin_url).await;
+    let runs: Vec<String> = c
+        .query("SELECT day::text FROM analytics.gold_batch_runs ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(runs, vec![days[0].clone()], "only the finished day is batched");
+    std::process::Command::new("kill")
+        .args(["-TERM", &sched.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sched.wait().unwrap().success());
+
     let batch = |day: &str| {
         let out = clickstream()
             .args([
