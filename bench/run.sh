@@ -5,10 +5,12 @@
 #   bench/run.sh processor     end-to-end throughput (Kafka -> PostgreSQL, committed with
 #                              offsets), processor peak RSS and CPU, and latency from
 #                              produce to commit at a fixed 5,000 events/s
-#   bench/run.sh               both
+#   bench/run.sh lake          lake writer (Kafka -> bronze + silver Parquet) throughput and
+#                              the daily gold batch over one day of BENCH_LAKE_EVENTS events
+#   bench/run.sh               all of them
 #
 # Settings: BENCH_EVENTS (generator runs, default 5000000), BENCH_PROCESSOR_EVENTS
-# (default 2000000), BENCH_LATENCY_SECONDS (default 60). Uses the local stack
+# (default 2000000), BENCH_LATENCY_SECONDS (default 60), BENCH_LAKE_EVENTS (default 5000000). Uses the local stack
 # (dev/stack.sh up is run first), a fresh topic per run and a scratch database
 # `clickstream_bench` (dropped and re-created).
 set -euo pipefail
@@ -103,4 +105,33 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
     wait "$gpid" || true
     kill -TERM "$ppid"; wait "$ppid" || true
     echo "latency at 5,000 events/s for ${LAT}s (produce time -> PostgreSQL commit, 5 ms polling): $lat"
+fi
+
+if [ "$what" = lake ] || [ "$what" = all ]; then
+    L=${BENCH_LAKE_EVENTS:-5000000}
+    stamp=$(date +%s)
+    topic="bench.lake.$stamp"
+    day=$(date -u -d yesterday +%Y-%m-%d)
+    # One UTC day of event time (yesterday, so it is within the accepted event age).
+    "$BIN" generate --topic "$topic" --no-pacing --no-catalog --progress never \
+        --start "${day}T00:00:00Z" --eps "$((L / 86000 + 1))" -n "$L" 2>/dev/null
+    dir="$STATE/bench-lake-$stamp"
+    t0=$(date +%s.%N)
+    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-lake-time.txt" \
+        "$BIN" lake --topic "$topic" --group "lake-$stamp" --lake-dir "$dir" --stop-at-end 2>"$STATE/bench-lake.log"
+    t1=$(date +%s.%N)
+    rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-lake-time.txt" | cut -d= -f2)
+    rate=$(echo "$L / ($t1 - $t0)" | bc)
+    size=$(du -sm "$dir/bronze" | cut -f1)/$(du -sm "$dir/silver" | cut -f1)
+    printf '| lake: Kafka -> bronze + silver Parquet (zstd), %s-record backlog | 1 writer, 6 partitions, row groups of 65,536 | %s | %s MB |\n' "$L" "$rate" "$((rss / 1024))"
+    t0=$(date +%s.%N)
+    /usr/bin/time -f 'RSS_KB=%M' -o "$STATE/bench-batch-time.txt" \
+        "$BIN" batch --date "$day" --lake-dir "$dir" --no-postgres 2>"$STATE/bench-batch.log"
+    t1=$(date +%s.%N)
+    rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-batch-time.txt" | cut -d= -f2)
+    secs=$(echo "scale=1; ($t1 - $t0) / 1" | bc)
+    rate=$(echo "$L / ($t1 - $t0)" | bc)
+    printf '| batch: one day of silver -> gold Parquet (%s events, %s s) | all gold tables, 30-day user history | %s | %s MB |\n' "$L" "$secs" "$rate" "$((rss / 1024))"
+    echo "lake size for $L records: bronze/silver $size MB"
+    rm -rf "$dir"
 fi

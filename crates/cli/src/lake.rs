@@ -51,6 +51,10 @@ pub struct LakeArgs {
     /// Furthest future event time silver accepts.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     max_event_future: Duration,
+    /// Exit (after committing) once the topic's end offsets at start are written: a
+    /// one-shot backfill rather than a service.
+    #[arg(long)]
+    stop_at_end: bool,
 }
 
 pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
@@ -68,6 +72,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
         dedup_window: args.dedup_window,
         max_event_age: args.max_event_age,
         max_event_future: args.max_event_future,
+        stop_at_end: args.stop_at_end,
     };
     let stop = Arc::new(AtomicBool::new(false));
     crate::signals::stop_on_signal(stop.clone());

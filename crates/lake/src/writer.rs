@@ -57,6 +57,9 @@ pub struct WriterConfig {
     pub max_event_age: Duration,
     /// Furthest future event time silver accepts.
     pub max_event_future: Duration,
+    /// Stop (committing everything) once every partition reached the end offset it had
+    /// when the writer started: a one-shot backfill instead of a service.
+    pub stop_at_end: bool,
 }
 
 /// What a run did.
@@ -288,10 +291,23 @@ impl LakeWriter {
         }
         // Every partition is ours: the lake lock already keeps a second writer out.
         consumer.assign(&tpl)?;
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        if self.cfg.stop_at_end {
+            for p in &partitions {
+                let (_, high) = consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))?;
+                ends.insert(*p, high);
+            }
+        }
         tracing::info!(topic = %self.cfg.topic, partitions = partitions.len(), root = %self.lake.root().display(), "lake writer started");
         let mut policy = self.policy();
         let mut last_check = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if self.cfg.stop_at_end
+                && self.parts.iter().all(|(p, f)| f.next >= ends.get(p).copied().unwrap_or(0))
+            {
+                tracing::info!("every partition reached its end offset");
+                break;
+            }
             if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
                 let msg = msg?;
                 let rec = RawRecord {
