@@ -42,8 +42,9 @@ pub struct LakeArgs {
     /// Rows per Parquet row group.
     #[arg(long, default_value_t = 65_536)]
     row_group_rows: usize,
-    /// Re-sent events within this much Kafka time of the original are kept out of silver.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Re-sent events whose event time is within this much of the partition's newest
+    /// event are kept out of silver (the batch deduplicates whole days again).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
     /// Oldest event time silver accepts (keep equal to the processor's).
     #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]

@@ -491,7 +491,13 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
     // its report, then waits for its time; SIGTERM stops it.
     let reports = dir.join("scheduled-reports");
     let mut sched = clickstream()
-        .args(["batch", "--schedule", "--database-url", &db.writer_url, "--lake-dir"])
+        .args([
+            "batch",
+            "--schedule",
+            "--database-url",
+            &db.writer_url,
+            "--lake-dir",
+        ])
         .arg(&dir)
         .arg("--report-dir")
         .arg(&reports)
@@ -500,18 +506,29 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reports.join(&days[0]).join("report.md").exists() {
-        assert!(Instant::now() < deadline, "the scheduler did not catch up {}", days[0]);
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler did not catch up {}",
+            days[0]
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let c = connect(&db.admin_url).await;
     let runs: Vec<String> = c
-        .query("SELECT day::text FROM analytics.gold_batch_runs ORDER BY 1", &[])
+        .query(
+            "SELECT day::text FROM analytics.gold_batch_runs ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(runs, vec![days[0].clone()], "only the finished day is batched");
+    assert_eq!(
+        runs,
+        vec![days[0].clone()],
+        "only the finished day is batched"
+    );
     std::process::Command::new("kill")
         .args(["-TERM", &sched.id().to_string()])
         .status()

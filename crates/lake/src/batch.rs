@@ -17,9 +17,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use tokio_postgres::Client;
 
-use crate::gold::{self, Gold, UserDay, MONTH_DAYS};
+use crate::gold::{DayAccumulator, Gold, UserDay, MONTH_DAYS};
 use crate::layout::{sync_dir, Lake};
-use crate::read::{read_silver, SilverEvent};
+use crate::read::for_each_silver;
 use crate::schema::writer_properties;
 use crate::LakeError;
 
@@ -50,17 +50,21 @@ pub fn day_string(epoch_day: i32) -> String {
     EventTime::from_micros(i64::from(epoch_day) * 86_400_000_000).date_string()
 }
 
-/// The day's distinct silver events and how many files / rows were read.
-pub fn load_day(lake: &Lake, day: &str) -> Result<(Vec<SilverEvent>, usize, usize), LakeError> {
+/// The day's silver, accumulated file by file: the accumulator and how many files / rows
+/// were read.
+pub fn accumulate_day(lake: &Lake, day: &str) -> Result<(DayAccumulator, usize, usize), LakeError> {
     let files = lake
         .silver_files_of(day)
         .map_err(|e| LakeError::io(lake.root(), e))?;
-    let mut events = Vec::new();
+    let mut acc = DayAccumulator::default();
+    let mut rows = 0;
     for (path, _) in &files {
-        events.extend(read_silver(path)?);
+        for_each_silver(path, |e| {
+            rows += 1;
+            acc.add(&e);
+        })?;
     }
-    let rows = events.len();
-    Ok((gold::dedup(events), files.len(), rows))
+    Ok((acc, files.len(), rows))
 }
 
 /// Computes and writes gold for `day`; `db` also gets the PostgreSQL tables.
@@ -71,14 +75,15 @@ pub async fn run(
 ) -> Result<(Gold, BatchReport), LakeError> {
     let t0 = Instant::now();
     let d = epoch_day(day)?;
-    let (events, silver_files, silver_rows) = load_day(lake, day)?;
+    let (acc, silver_files, silver_rows) = accumulate_day(lake, day)?;
+    let events = acc.events() as usize;
     // The previous days' user summaries, computing (and keeping) any that are missing.
     let mut history = Vec::with_capacity(MONTH_DAYS - 1);
     for back in 1..MONTH_DAYS as i32 {
         let prev = day_string(d - back);
         history.push(user_days_of(lake, &prev)?);
     }
-    let g = gold::compute(day, &events, &history);
+    let g = acc.finish(day, &history);
     write_parquet(lake, &g)?;
     if let Some(client) = db {
         write_postgres(client, &g).await?;
@@ -87,7 +92,7 @@ pub async fn run(
         day: day.to_string(),
         silver_files,
         silver_rows,
-        events: events.len(),
+        events,
         millis: t0.elapsed().as_millis(),
     };
     Ok((g, report))
@@ -106,8 +111,7 @@ fn user_days_of(lake: &Lake, day: &str) -> Result<Vec<UserDay>, LakeError> {
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    let (events, _, _) = load_day(lake, day)?;
-    let users = gold::user_days(&events);
+    let users = accumulate_day(lake, day)?.0.into_user_days();
     write_table(lake, "user_daily", day, user_day_columns(day, &users)?)?;
     Ok(users)
 }

@@ -184,9 +184,23 @@ pub fn dedup(mut events: Vec<SilverEvent>) -> Vec<SilverEvent> {
 
 /// Per-user summaries of one day's (deduplicated) events, humans only, by user id.
 pub fn user_days(events: &[SilverEvent]) -> Vec<UserDay> {
-    let mut by: HashMap<u128, (UserDay, HashSet<u128>)> = HashMap::new();
-    for e in events.iter().filter(|e| !e.is_bot) {
-        let (u, orders) = by.entry(e.user_id).or_insert_with(|| {
+    let mut users = Users::default();
+    for e in events {
+        users.add(e);
+    }
+    users.finish()
+}
+
+/// Human users' activity of a day, with each user's distinct orders.
+#[derive(Default)]
+struct Users(HashMap<u128, (UserDay, HashSet<u128>)>);
+
+impl Users {
+    fn add(&mut self, e: &SilverEvent) {
+        if e.is_bot {
+            return;
+        }
+        let (u, orders) = self.0.entry(e.user_id).or_insert_with(|| {
             (
                 UserDay {
                     user_id: e.user_id,
@@ -208,15 +222,19 @@ pub fn user_days(events: &[SilverEvent]) -> Vec<UserDay> {
             }
         }
     }
-    let mut out: Vec<UserDay> = by
-        .into_values()
-        .map(|(mut u, orders)| {
-            u.orders = orders.len() as i64;
-            u
-        })
-        .collect();
-    out.sort_unstable_by_key(|u| u.user_id);
-    out
+
+    fn finish(self) -> Vec<UserDay> {
+        let mut out: Vec<UserDay> = self
+            .0
+            .into_values()
+            .map(|(mut u, orders)| {
+                u.orders = orders.len() as i64;
+                u
+            })
+            .collect();
+        out.sort_unstable_by_key(|u| u.user_id);
+        out
+    }
 }
 
 #[derive(Default)]
@@ -228,137 +246,175 @@ struct ProductAcc {
     revenue_cents: i64,
 }
 
-/// Computes the day's gold from its distinct events and the user summaries of the
-/// `MONTH_DAYS - 1` days before it (`history[0]` = the day before; missing days empty).
-pub fn compute(day: &str, events: &[SilverEvent], history: &[Vec<UserDay>]) -> Gold {
-    let mut f = DailyFunnel {
-        events: events.len() as i64,
-        bot_events: 0,
-        product_views: 0,
-        cart_adds: 0,
-        purchases: 0,
-        orders: 0,
-        units: 0,
-        revenue_cents: 0,
-        view_to_cart_pct: None,
-        cart_to_purchase_pct: None,
-    };
-    let mut orders = HashSet::new();
-    let mut cats: BTreeMap<Arc<str>, (CategoryDaily, HashSet<u128>, HashSet<u128>)> =
-        BTreeMap::new();
-    let mut products: BTreeMap<Arc<str>, ProductAcc> = BTreeMap::new();
-    for e in events {
-        f.bot_events += i64::from(e.is_bot);
-        let units = i64::from(e.quantity.unwrap_or(0));
-        let revenue = if e.event_type == EventType::Purchase {
-            e.amount_cents.unwrap_or(0)
-        } else {
-            0
+#[derive(Default)]
+struct CategoryAcc {
+    views: i64,
+    cart_adds: i64,
+    purchases: i64,
+    units: i64,
+    revenue_cents: i64,
+    viewers: HashSet<u128>,
+    buyers: HashSet<u128>,
+}
+
+/// One day's gold, accumulated event by event (the day is never held in memory whole):
+/// duplicates by `event_id` are skipped.
+#[derive(Default)]
+pub struct DayAccumulator {
+    seen: HashSet<u128>,
+    events: i64,
+    bot_events: i64,
+    product_views: i64,
+    cart_adds: i64,
+    purchases: i64,
+    units: i64,
+    revenue_cents: i64,
+    orders: HashSet<u128>,
+    categories: BTreeMap<Arc<str>, CategoryAcc>,
+    products: BTreeMap<Arc<str>, ProductAcc>,
+    users: Users,
+}
+
+impl DayAccumulator {
+    /// Adds `e` unless an event with its id was added before; returns whether it was new.
+    pub fn add(&mut self, e: &SilverEvent) -> bool {
+        if !self.seen.insert(e.event_id) {
+            return false;
+        }
+        self.events += 1;
+        self.bot_events += i64::from(e.is_bot);
+        self.users.add(e);
+        let Some(pid) = &e.product_id else {
+            return true;
         };
-        let Some(pid) = &e.product_id else { continue };
+        let units = i64::from(e.quantity.unwrap_or(0));
         let (v, c, p) = match e.event_type {
             EventType::PageView => (1, 0, 0),
             EventType::AddToCart => (0, 1, 0),
             EventType::Purchase => (0, 0, 1),
         };
-        f.product_views += v;
-        f.cart_adds += c;
-        f.purchases += p;
-        if p == 1 {
-            f.units += units;
-            f.revenue_cents += revenue;
-            if let Some(o) = e.order_id {
-                orders.insert(o);
-            }
+        let (bought, revenue) = if p == 1 {
+            (units, e.amount_cents.unwrap_or(0))
+        } else {
+            (0, 0)
+        };
+        self.product_views += v;
+        self.cart_adds += c;
+        self.purchases += p;
+        self.units += bought;
+        self.revenue_cents += revenue;
+        if let Some(o) = e.order_id.filter(|_| p == 1) {
+            self.orders.insert(o);
         }
-        let acc = products.entry(pid.clone()).or_default();
+        let acc = self.products.entry(pid.clone()).or_default();
         if acc.category.is_none() {
             acc.category = e.category.clone();
         }
         acc.views += v;
         acc.purchases += p;
-        acc.units += units * p;
+        acc.units += bought;
         acc.revenue_cents += revenue;
         if let Some(cat) = &e.category {
-            let (cd, viewers, buyers) = cats.entry(cat.clone()).or_insert_with(|| {
-                (
-                    CategoryDaily {
-                        category: cat.to_string(),
-                        views: 0,
-                        cart_adds: 0,
-                        purchases: 0,
-                        units: 0,
-                        revenue_cents: 0,
-                        viewers: 0,
-                        buyers: 0,
-                        conversion_pct: None,
-                    },
-                    HashSet::new(),
-                    HashSet::new(),
-                )
-            });
+            let cd = self.categories.entry(cat.clone()).or_default();
             cd.views += v;
             cd.cart_adds += c;
             cd.purchases += p;
-            cd.units += units * p;
+            cd.units += bought;
             cd.revenue_cents += revenue;
-            if !e.is_bot {
-                if v == 1 {
-                    viewers.insert(e.user_id);
-                }
-                if p == 1 {
-                    buyers.insert(e.user_id);
-                }
+            if !e.is_bot && v == 1 {
+                cd.viewers.insert(e.user_id);
+            }
+            if !e.is_bot && p == 1 {
+                cd.buyers.insert(e.user_id);
             }
         }
+        true
     }
-    f.orders = orders.len() as i64;
-    f.view_to_cart_pct = pct(f.cart_adds, f.product_views);
-    f.cart_to_purchase_pct = pct(f.purchases, f.cart_adds);
-    let categories = cats
-        .into_values()
-        .map(|(mut cd, viewers, buyers)| {
-            cd.viewers = viewers.len() as i64;
-            cd.buyers = buyers.len() as i64;
-            cd.conversion_pct = pct(cd.buyers, cd.viewers);
-            cd
-        })
-        .collect();
 
-    let mut top_products = Vec::new();
-    let mut ranked: Vec<(&Arc<str>, &ProductAcc)> = products.iter().collect();
-    ranked.sort_by(|a, b| b.1.views.cmp(&a.1.views).then_with(|| a.0.cmp(b.0)));
-    push_top(&mut top_products, "most_viewed", &ranked, |p| p.views);
-    ranked.sort_by(|a, b| {
-        (b.1.units, b.1.revenue_cents)
-            .cmp(&(a.1.units, a.1.revenue_cents))
-            .then_with(|| a.0.cmp(b.0))
-    });
-    push_top(&mut top_products, "best_selling", &ranked, |p| p.units);
+    /// Distinct events added.
+    pub fn events(&self) -> i64 {
+        self.events
+    }
 
-    let today = user_days(events);
-    let active = |days: usize| -> i64 {
-        let mut set: HashSet<u128> = today.iter().map(|u| u.user_id).collect();
-        for h in history.iter().take(days.saturating_sub(1)) {
-            set.extend(h.iter().map(|u| u.user_id));
+    /// The day's per-user summaries only (for days used as history).
+    pub fn into_user_days(self) -> Vec<UserDay> {
+        self.users.finish()
+    }
+
+    /// The day's gold, given the user summaries of the days before it (`history[0]` = the
+    /// day before; missing days empty).
+    pub fn finish(self, day: &str, history: &[Vec<UserDay>]) -> Gold {
+        let funnel = DailyFunnel {
+            events: self.events,
+            bot_events: self.bot_events,
+            product_views: self.product_views,
+            cart_adds: self.cart_adds,
+            purchases: self.purchases,
+            orders: self.orders.len() as i64,
+            units: self.units,
+            revenue_cents: self.revenue_cents,
+            view_to_cart_pct: pct(self.cart_adds, self.product_views),
+            cart_to_purchase_pct: pct(self.purchases, self.cart_adds),
+        };
+        let categories = self
+            .categories
+            .into_iter()
+            .map(|(name, c)| CategoryDaily {
+                category: name.to_string(),
+                views: c.views,
+                cart_adds: c.cart_adds,
+                purchases: c.purchases,
+                units: c.units,
+                revenue_cents: c.revenue_cents,
+                viewers: c.viewers.len() as i64,
+                buyers: c.buyers.len() as i64,
+                conversion_pct: pct(c.buyers.len() as i64, c.viewers.len() as i64),
+            })
+            .collect();
+        let mut top_products = Vec::new();
+        let mut ranked: Vec<(&Arc<str>, &ProductAcc)> = self.products.iter().collect();
+        ranked.sort_by(|a, b| b.1.views.cmp(&a.1.views).then_with(|| a.0.cmp(b.0)));
+        push_top(&mut top_products, "most_viewed", &ranked, |p| p.views);
+        ranked.sort_by(|a, b| {
+            (b.1.units, b.1.revenue_cents)
+                .cmp(&(a.1.units, a.1.revenue_cents))
+                .then_with(|| a.0.cmp(b.0))
+        });
+        push_top(&mut top_products, "best_selling", &ranked, |p| p.units);
+        let today = self.users.finish();
+        let active = |days: usize| -> i64 {
+            let mut set: HashSet<u128> = today.iter().map(|u| u.user_id).collect();
+            for h in history.iter().take(days.saturating_sub(1)) {
+                set.extend(h.iter().map(|u| u.user_id));
+            }
+            set.len() as i64
+        };
+        let active_users = ActiveUsers {
+            dau: today.len() as i64,
+            wau: active(7),
+            mau: active(MONTH_DAYS),
+        };
+        let segments = segment(&today, history);
+        Gold {
+            day: day.to_string(),
+            funnel,
+            categories,
+            top_products,
+            active_users,
+            segments,
+            user_days: today,
         }
-        set.len() as i64
-    };
-    let active_users = ActiveUsers {
-        dau: today.len() as i64,
-        wau: active(7),
-        mau: active(MONTH_DAYS),
-    };
-    let segments = segment(&today, history);
-    Gold {
-        day: day.to_string(),
-        funnel: f,
-        categories,
-        top_products,
-        active_users,
-        segments,
-        user_days: today,
     }
+}
+
+/// Computes the day's gold from its events (duplicates skipped) and the user summaries of
+/// the days before it.
+pub fn compute(day: &str, events: &[SilverEvent], history: &[Vec<UserDay>]) -> Gold {
+    let mut acc = DayAccumulator::default();
+    for e in events {
+        acc.add(e);
+    }
+    acc.finish(day, history)
 }
 
 fn push_top(

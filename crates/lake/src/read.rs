@@ -62,15 +62,19 @@ const SILVER_COLUMNS: [&str; 13] = [
     "kafka_offset",
 ];
 
-fn batches(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>, LakeError> {
+/// The file's batches (of the given columns), decoded lazily.
+fn batches(
+    path: &Path,
+    columns: &[&str],
+) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>>, LakeError> {
     let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
     let reader = builder
         .with_projection(mask)
-        .with_batch_size(16_384)
+        .with_batch_size(8192)
         .build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    Ok(reader.map(|b| b.map_err(LakeError::from)))
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, LakeError> {
@@ -88,6 +92,13 @@ fn uuid_of(s: &str, path: &Path) -> Result<u128, LakeError> {
 /// Every event of one silver file.
 pub fn read_silver(path: &Path) -> Result<Vec<SilverEvent>, LakeError> {
     let mut out = Vec::new();
+    for_each_silver(path, |e| out.push(e))?;
+    Ok(out)
+}
+
+/// Calls `f` with every event of one silver file, a batch at a time (the file is never
+/// decoded whole).
+pub fn for_each_silver(path: &Path, mut f: impl FnMut(SilverEvent)) -> Result<(), LakeError> {
     // Repeated strings (products, categories) share one allocation per file.
     let mut interned: std::collections::HashMap<String, Arc<str>> = Default::default();
     let mut intern = |s: &str| -> Arc<str> {
@@ -99,6 +110,7 @@ pub fn read_silver(path: &Path) -> Result<Vec<SilverEvent>, LakeError> {
         a
     };
     for b in batches(path, &SILVER_COLUMNS)? {
+        let b = b?;
         let id = col::<StringArray>(&b, "event_id", path)?;
         let ty = col::<StringArray>(&b, "event_type", path)?;
         let time = col::<TimestampMicrosecondArray>(&b, "event_time", path)?;
@@ -117,7 +129,7 @@ pub fn read_silver(path: &Path) -> Result<Vec<SilverEvent>, LakeError> {
                 .value(i)
                 .parse::<EventType>()
                 .map_err(|_| LakeError::Corrupt(format!("{} (event type)", path.display())))?;
-            out.push(SilverEvent {
+            f(SilverEvent {
                 event_id: uuid_of(id.value(i), path)?,
                 event_type,
                 event_time_us: time.value(i),
@@ -138,7 +150,7 @@ pub fn read_silver(path: &Path) -> Result<Vec<SilverEvent>, LakeError> {
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One bronze row's position and value.
@@ -156,6 +168,7 @@ pub struct BronzeRecord {
 pub fn read_bronze(path: &Path) -> Result<Vec<BronzeRecord>, LakeError> {
     let mut out = Vec::new();
     for b in batches(path, &["kafka_partition", "kafka_offset", "value"])? {
+        let b = b?;
         let part = col::<Int32Array>(&b, "kafka_partition", path)?;
         let off = col::<Int64Array>(&b, "kafka_offset", path)?;
         let val = col::<BinaryArray>(&b, "value", path)?;

@@ -3,13 +3,13 @@
 //! watermark both sides have seen the same distinct events, so any difference is a bug
 //! (or data the lake writer has not committed yet).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use clickstream_model::EventType;
 use tokio_postgres::Client;
 
-use crate::batch::load_day;
 use crate::layout::Lake;
+use crate::read::{for_each_silver, SilverEvent};
 use crate::LakeError;
 
 /// Counters compared per key.
@@ -47,41 +47,52 @@ pub type Sides = BTreeMap<(&'static str, String), Counts>;
 
 /// The day's numbers from silver.
 pub fn batch_side(lake: &Lake, day: &str) -> Result<Sides, LakeError> {
-    let (events, _, _) = load_day(lake, day)?;
+    let files = lake
+        .silver_files_of(day)
+        .map_err(|e| LakeError::io(lake.root(), e))?;
+    let mut seen = HashSet::new();
     let mut out = Sides::new();
-    for e in &events {
-        let units = i64::from(e.quantity.unwrap_or(0));
-        let revenue = if e.event_type == EventType::Purchase {
-            e.amount_cents.unwrap_or(0)
-        } else {
-            0
-        };
-        let t = out
-            .entry(("event_type", e.event_type.as_str().to_string()))
-            .or_default();
-        t.a += 1;
-        t.units += units;
-        t.revenue_cents += revenue;
-        let Some(pid) = &e.product_id else { continue };
-        let (v, c, p) = match e.event_type {
-            EventType::PageView => (1, 0, 0),
-            EventType::AddToCart => (0, 1, 0),
-            EventType::Purchase => (0, 0, 1),
-        };
-        let mut keys = vec![("product", pid.to_string())];
-        if let Some(cat) = &e.category {
-            keys.push(("category", cat.to_string()));
-        }
-        for k in keys {
-            let x = out.entry(k).or_default();
-            x.a += v;
-            x.cart_adds += c;
-            x.purchases += p;
-            x.units += units * p;
-            x.revenue_cents += revenue;
-        }
+    for (path, _) in &files {
+        for_each_silver(path, |e| {
+            if seen.insert(e.event_id) {
+                add(&mut out, &e);
+            }
+        })?;
     }
     Ok(out)
+}
+
+fn add(out: &mut Sides, e: &SilverEvent) {
+    let units = i64::from(e.quantity.unwrap_or(0));
+    let revenue = if e.event_type == EventType::Purchase {
+        e.amount_cents.unwrap_or(0)
+    } else {
+        0
+    };
+    let t = out
+        .entry(("event_type", e.event_type.as_str().to_string()))
+        .or_default();
+    t.a += 1;
+    t.units += units;
+    t.revenue_cents += revenue;
+    let Some(pid) = &e.product_id else { return };
+    let (v, c, p) = match e.event_type {
+        EventType::PageView => (1, 0, 0),
+        EventType::AddToCart => (0, 1, 0),
+        EventType::Purchase => (0, 0, 1),
+    };
+    let mut keys = vec![("product", pid.to_string())];
+    if let Some(cat) = &e.category {
+        keys.push(("category", cat.to_string()));
+    }
+    for k in keys {
+        let x = out.entry(k).or_default();
+        x.a += v;
+        x.cart_adds += c;
+        x.purchases += p;
+        x.units += units * p;
+        x.revenue_cents += revenue;
+    }
 }
 
 /// The day's numbers from the stream processor's tables.

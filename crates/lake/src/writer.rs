@@ -9,18 +9,18 @@
 //! that, for lag tools only; the lake's own files say where to resume.
 //!
 //! Deduplication in silver is per partition (events are keyed by user, so a re-sent event
-//! lands on the partition of the original) over a window of Kafka time (`dedup_window`,
-//! 1 h by default: re-sends arrive within minutes). The window's ids are rebuilt from the
-//! newest committed silver files on start. The daily batch deduplicates again by
+//! lands on the partition of the original) over a window of event time behind the
+//! partition's newest event (`dedup_window`, 30 min by default: re-sends arrive within
+//! minutes). The window's ids are rebuilt from the newest committed silver files on start. The daily batch deduplicates again by
 //! `event_id` over the whole day, so gold is exact even beyond the window.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, StringArray, TimestampMillisecondArray};
+use arrow_array::{StringArray, TimestampMicrosecondArray};
 use clickstream_model::{parse_event, EventTime, EventType, ValidationPolicy};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -33,6 +33,10 @@ use crate::schema::{
     bronze_schema, silver_schema, writer_properties, BronzeRows, RawRecord, SilverRows,
 };
 use crate::LakeError;
+
+/// Rows collected before they are handed to the Parquet writer (which builds row groups
+/// of `row_group_rows` from them): small, so raw rows are not buffered twice.
+const WRITE_BATCH_ROWS: usize = 4096;
 
 /// Settings of the lake writer.
 #[derive(Debug, Clone)]
@@ -51,7 +55,8 @@ pub struct WriterConfig {
     pub roll_interval: Duration,
     /// Rows per Parquet row group (and per Arrow batch handed to the writer).
     pub row_group_rows: usize,
-    /// Re-sent events within this much Kafka time of the original are dropped from silver.
+    /// Re-sent events whose event time is within this much of the partition's newest event
+    /// are dropped from silver.
     pub dedup_window: Duration,
     /// Oldest event time silver accepts (as the processor's `--max-event-age`).
     pub max_event_age: Duration,
@@ -110,25 +115,37 @@ impl OpenFile {
     }
 }
 
-/// Ids seen within the window, oldest first.
+/// Ids of the partition's events within the window of event time behind its newest event,
+/// bucketed by second so pruning is cheap. Memory follows event-time density, so a backfill
+/// of a whole day holds only the window's events.
 #[derive(Default)]
 struct Dedup {
     seen: HashSet<u128>,
-    order: VecDeque<(i64, u128)>,
+    buckets: BTreeMap<i64, Vec<u128>>,
+    newest_s: Option<i64>,
 }
 
 impl Dedup {
-    /// `true` if `id` is new (and remembers it at time `ts_ms`).
-    fn insert(&mut self, id: u128, ts_ms: i64, window_ms: i64) {
-        while let Some(&(t, old)) = self.order.front() {
-            if t >= ts_ms.saturating_sub(window_ms) {
-                break;
-            }
-            self.order.pop_front();
-            self.seen.remove(&old);
+    /// Remembers `id` (event time `t_us`) unless it is already older than the window.
+    fn insert(&mut self, id: u128, t_us: i64, window_s: i64) {
+        let s = t_us.div_euclid(1_000_000);
+        let newest = self.newest_s.map_or(s, |n| n.max(s));
+        if s < newest.saturating_sub(window_s) {
+            return;
         }
         self.seen.insert(id);
-        self.order.push_back((ts_ms, id));
+        self.buckets.entry(s).or_default().push(id);
+        if self.newest_s != Some(newest) {
+            self.newest_s = Some(newest);
+            while let Some(entry) = self.buckets.first_entry() {
+                if *entry.key() >= newest.saturating_sub(window_s) {
+                    break;
+                }
+                for old in entry.remove() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
     }
 
     fn contains(&self, id: u128) -> bool {
@@ -202,7 +219,7 @@ impl LakeWriter {
 
     /// Rebuilds partition `p`'s dedup window from its newest committed silver files.
     fn load_dedup(&self, p: i32) -> Result<Dedup, LakeError> {
-        let window_ms = self.cfg.dedup_window.as_millis() as i64;
+        let window_s = self.cfg.dedup_window.as_secs() as i64;
         let mut by_range: BTreeMap<Range, Vec<PathBuf>> = BTreeMap::new();
         for (path, r) in self
             .lake
@@ -214,26 +231,25 @@ impl LakeWriter {
             }
         }
         let mut ids: Vec<(i64, u128)> = Vec::new();
-        let mut cutoff: Option<i64> = None;
+        let mut newest = i64::MIN;
         for (_, paths) in by_range.iter().rev() {
             let mut range_max = i64::MIN;
             for path in paths {
-                for (ts, id) in read_ids(path)? {
-                    range_max = range_max.max(ts);
-                    ids.push((ts, id));
+                for (t, id) in read_ids(path)? {
+                    range_max = range_max.max(t);
+                    ids.push((t, id));
                 }
             }
-            let c = *cutoff.get_or_insert(range_max.saturating_sub(window_ms));
-            if range_max < c {
+            newest = newest.max(range_max);
+            // Older ranges can only hold events behind this one's window.
+            if range_max < newest.saturating_sub(window_s * 1_000_000) {
                 break;
             }
         }
         ids.sort_unstable();
         let mut d = Dedup::default();
-        for (ts, id) in ids {
-            if cutoff.is_some_and(|c| ts >= c) {
-                d.insert(id, ts, window_ms);
-            }
+        for (t, id) in ids {
+            d.insert(id, t, window_s);
         }
         Ok(d)
     }
@@ -252,7 +268,7 @@ impl LakeWriter {
             .set("group.id", &self.cfg.group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.max.messages.kbytes", "4096")
             .create()?;
         let md = consumer.fetch_metadata(Some(&self.cfg.topic), Duration::from_secs(10))?;
         let partitions: Vec<i32> = md
@@ -294,7 +310,8 @@ impl LakeWriter {
         let mut ends: HashMap<i32, i64> = HashMap::new();
         if self.cfg.stop_at_end {
             for p in &partitions {
-                let (_, high) = consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))?;
+                let (_, high) =
+                    consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))?;
                 ends.insert(*p, high);
             }
         }
@@ -303,7 +320,10 @@ impl LakeWriter {
         let mut last_check = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if self.cfg.stop_at_end
-                && self.parts.iter().all(|(p, f)| f.next >= ends.get(p).copied().unwrap_or(0))
+                && self
+                    .parts
+                    .iter()
+                    .all(|(p, f)| f.next >= ends.get(p).copied().unwrap_or(0))
             {
                 tracing::info!("every partition reached its end offset");
                 break;
@@ -349,7 +369,7 @@ impl LakeWriter {
     fn append(&mut self, r: &RawRecord<'_>, policy: &ValidationPolicy) -> Result<(), LakeError> {
         let rg_rows = self.cfg.row_group_rows;
         let roll_records = self.cfg.roll_records;
-        let window_ms = self.cfg.dedup_window.as_millis() as i64;
+        let window_s = self.cfg.dedup_window.as_secs() as i64;
         let Some(f) = self.parts.get_mut(&r.partition) else {
             return Ok(());
         };
@@ -375,7 +395,7 @@ impl LakeWriter {
         }
         let (bf, rows) = f.bronze.as_mut().expect("open bronze file");
         rows.push(r);
-        if rows.len() >= rg_rows {
+        if rows.len() >= WRITE_BATCH_ROWS {
             bf.writer.write(&rows.finish())?;
         }
         self.report.records += 1;
@@ -385,7 +405,7 @@ impl LakeWriter {
                 if f.dedup.contains(id) {
                     self.report.duplicates += 1;
                 } else {
-                    f.dedup.insert(id, ts_ms, window_ms);
+                    f.dedup.insert(id, ev.timestamp.as_micros(), window_s);
                     let key = (ev.timestamp.date_string(), ev.event_type);
                     let (sf, srows) = match f.silver.entry(key) {
                         std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -403,7 +423,7 @@ impl LakeWriter {
                         }
                     };
                     srows.push(&ev, r.partition, r.offset, r.timestamp_ms);
-                    if srows.len() >= rg_rows {
+                    if srows.len() >= WRITE_BATCH_ROWS {
                         sf.writer.write(&srows.finish())?;
                     }
                     f.pending_events += 1;
@@ -480,28 +500,27 @@ impl LakeWriter {
     }
 }
 
-/// `(kafka timestamp ms, event id)` of every row of a silver file.
+/// `(event time µs, event id)` of every row of a silver file.
 fn read_ids(path: &std::path::Path) -> Result<Vec<(i64, u128)>, LakeError> {
     let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id", "kafka_timestamp"]);
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id", "event_time"]);
     let reader = builder.with_projection(mask).build()?;
+    let corrupt = || LakeError::Corrupt(path.display().to_string());
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch?;
         let ids = batch
             .column_by_name("event_id")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| LakeError::Corrupt(path.display().to_string()))?;
+            .ok_or_else(corrupt)?;
         let ts = batch
-            .column_by_name("kafka_timestamp")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            .ok_or_else(|| LakeError::Corrupt(path.display().to_string()))?;
+            .column_by_name("event_time")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .ok_or_else(corrupt)?;
         for i in 0..batch.num_rows() {
-            let id = uuid::Uuid::parse_str(ids.value(i))
-                .map_err(|_| LakeError::Corrupt(path.display().to_string()))?;
-            let t = if ts.is_null(i) { 0 } else { ts.value(i) };
-            out.push((t, id.as_u128()));
+            let id = uuid::Uuid::parse_str(ids.value(i)).map_err(|_| corrupt())?;
+            out.push((ts.value(i), id.as_u128()));
         }
     }
     Ok(out)
