@@ -147,7 +147,7 @@ async fn bronze_and_silver_hold_each_record_once_across_kill_9() {
     ];
     let mut kills = 0;
     let mut rng = random_u64();
-    while kills < 4 {
+    while kills < 6 {
         let w = LakeWriter::start(&s, &topic, &dir, &flags);
         rng = rng
             .wrapping_mul(6364136223846793005)

@@ -13,6 +13,7 @@ use clickstream_model::event::is_bot_agent;
 use clickstream_model::Event;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 fn ts(unit: TimeUnit) -> DataType {
     DataType::Timestamp(unit, Some("UTC".into()))
@@ -60,13 +61,26 @@ pub fn silver_schema() -> SchemaRef {
 }
 
 /// zstd, row groups of `row_group_rows`, statistics on (row-group pruning by readers).
+/// Columns of (nearly) unique values skip dictionary encoding: a dictionary cannot help
+/// them, and its buffers are what the writer holds in memory per open file.
 pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
+            ZstdLevel::try_new(1).expect("valid level"),
         ))
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .build()
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)));
+    for col in [
+        "key",
+        "value",
+        "event_id",
+        "session_id",
+        "order_id",
+        "ingest_time",
+        "kafka_offset",
+    ] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
+    }
+    b.build()
 }
 
 /// One raw record.

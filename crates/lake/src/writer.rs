@@ -268,7 +268,10 @@ impl LakeWriter {
             .set("group.id", &self.cfg.group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("queued.max.messages.kbytes", "4096")
+            // Bounded prefetch (8 MB per partition), and no 1 s pause (librdkafka's default
+            // fetch.queue.backoff.ms) each time a partition's queue is full.
+            .set("queued.max.messages.kbytes", "8192")
+            .set("fetch.queue.backoff.ms", "10")
             .create()?;
         let md = consumer.fetch_metadata(Some(&self.cfg.topic), Duration::from_secs(10))?;
         let partitions: Vec<i32> = md
