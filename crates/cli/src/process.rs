@@ -61,9 +61,16 @@ pub struct ProcessArgs {
     /// Reject records larger than this many bytes.
     #[arg(long, default_value_t = 65_536)]
     max_record_bytes: usize,
-    /// Do not keep raw valid events in `analytics.events` (the lake keeps them).
-    #[arg(long, env = "CLICKSTREAM_NO_AUDIT")]
-    no_audit: bool,
+    /// Also keep every distinct valid event in `analytics.events` (off by default: the
+    /// lake's bronze and silver layers are the audit trail, and this table costs about a
+    /// third of the processor's throughput).
+    #[arg(long, env = "CLICKSTREAM_AUDIT")]
+    audit: bool,
+    /// Wait for every batch commit to be flushed to PostgreSQL's WAL. Off by default: the
+    /// results and offsets of a batch are one transaction, so a PostgreSQL crash loses
+    /// them together and they are processed again (exactly once either way; ~15% faster).
+    #[arg(long, env = "CLICKSTREAM_DURABLE_COMMITS")]
+    durable_commits: bool,
     /// Kafka group session timeout: how fast a dead instance's partitions move on.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     session_timeout: Duration,
@@ -105,7 +112,8 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
         max_event_age: args.max_event_age,
         max_event_future: args.max_event_future,
         max_record_bytes: args.max_record_bytes,
-        audit_events: !args.no_audit,
+        audit_events: args.audit,
+        durable_commits: args.durable_commits,
         session_timeout: args.session_timeout,
         instance_id: args
             .instance_id

@@ -188,6 +188,7 @@ impl Pipeline {
                 "40",
                 "--batch-max-wait",
                 "100ms",
+                "--audit",
             ],
         );
         Pipeline {

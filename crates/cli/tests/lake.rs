@@ -621,6 +621,69 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
         product_viewers_or_carters.len() as i64,
         "every shopper of the 2 days is in one segment"
     );
+    // Segments and actives of the second day against a naive count over both days.
+    let mut per_user: HashMap<uuid::Uuid, (i64, i64, HashSet<uuid::Uuid>)> = HashMap::new();
+    let mut humans = HashSet::new();
+    for e in reference.values().flat_map(|(_, evs)| evs.iter()) {
+        if reference::is_bot(e.user_agent.as_deref()) {
+            continue;
+        }
+        humans.insert(e.user_id);
+        let u = per_user.entry(e.user_id).or_default();
+        match e.event_type {
+            clickstream_model::EventType::PageView if e.product_id.is_some() => u.0 += 1,
+            clickstream_model::EventType::AddToCart => u.1 += 1,
+            clickstream_model::EventType::Purchase => {
+                u.2.insert(e.order_id.unwrap());
+            }
+            _ => {}
+        }
+    }
+    let mut want_segments = [(0i64, 0i64); 4];
+    for (views, carts, orders) in per_user.values() {
+        let seg = match (orders.len(), *carts) {
+            (n, _) if n >= 2 => 3,
+            (1, _) => 2,
+            (_, c) if c > 0 => 1,
+            _ if *views > 0 => 0,
+            _ => continue,
+        };
+        want_segments[seg].0 += 1;
+        want_segments[seg].1 += views;
+    }
+    let got_segments: Vec<(i64, f64)> = c
+        .query(
+            "SELECT users, avg_views FROM analytics.gold_user_segments WHERE day = $1::text::date
+              ORDER BY array_position(ARRAY['window_shoppers','cart_abandoners','one_time_buyers','repeat_buyers'], segment)",
+            &[&days[1]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (i, (users, views)) in want_segments.iter().enumerate() {
+        assert_eq!(got_segments[i].0, *users, "segment {i} users");
+        let avg = if *users == 0 {
+            0.0
+        } else {
+            (*views as f64 / *users as f64 * 10_000.0).round() / 10_000.0
+        };
+        assert_eq!(got_segments[i].1, avg, "segment {i} average views");
+    }
+    let r = c
+        .query_one(
+            "SELECT wau, mau FROM analytics.gold_active_users WHERE day = $1::text::date",
+            &[&days[1]],
+        )
+        .await
+        .unwrap();
+    let want = humans.len() as i64;
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+        (want, want),
+        "WAU / MAU span both days"
+    );
 
     // A re-run gives the same bytes and the same rows.
     let before = gold_bytes(&dir, &days[1]);

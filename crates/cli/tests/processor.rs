@@ -37,6 +37,8 @@ fn processor_flags() -> Vec<&'static str> {
         "30",
         "--alert-max-purchases",
         "3",
+        // The exactness test also checks the optional audit table.
+        "--audit",
     ]
 }
 
