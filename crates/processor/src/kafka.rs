@@ -26,6 +26,9 @@ pub enum Assignment {
     Assigned(Vec<(i32, StoredPartition)>),
     /// These partitions are no longer ours.
     Revoked(Vec<i32>),
+    /// Restoring failed for a reason that may pass (PostgreSQL away): the partitions are
+    /// assigned anyway and the loop must reload them before processing anything.
+    Reload(Vec<i32>),
     /// Restoring failed; the loop should stop.
     Failed(String),
 }
@@ -116,6 +119,10 @@ impl ConsumerContext for RestoringContext {
                         }
                         tracing::info!(partitions = ?parts, "assigned; resuming from stored offsets");
                         self.push(Assignment::Assigned(loaded));
+                    }
+                    Err(e) if e.is_retriable() => {
+                        tracing::warn!(error = %e, partitions = ?parts, "assigned, but loading their state failed; will retry");
+                        self.push(Assignment::Reload(parts.clone()));
                     }
                     Err(e) => self.push(Assignment::Failed(e.to_string())),
                 }

@@ -75,6 +75,8 @@ impl ProcessorError {
         matches!(
             self,
             ProcessorError::Postgres(_)
+                // Could not (re)connect: the server may be restarting.
+                | ProcessorError::Db(clickstream_db::DbError::Postgres(_))
                 | ProcessorError::Fenced { .. }
                 | ProcessorError::DeadLetter(_)
         )

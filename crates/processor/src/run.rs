@@ -226,7 +226,12 @@ pub fn run(
             // Polled before the seek back: it will be read again.
             prepared = None;
         }
-        l.apply_assignment_changes()?;
+        if l.apply_assignment_changes()? {
+            // Assigned while PostgreSQL was away: load state and seek (retrying) before
+            // anything of those partitions is processed.
+            l.reset(&stop)?;
+            prepared = None;
+        }
         // State and connection are home between transactions: housekeeping goes here.
         if last_lag.elapsed() > Duration::from_secs(2) {
             l.update_lag();
@@ -265,7 +270,9 @@ pub fn run(
 }
 
 impl Loop<'_> {
-    fn apply_assignment_changes(&mut self) -> Result<(), ProcessorError> {
+    /// Takes over assignment changes; returns whether state must be reloaded first.
+    fn apply_assignment_changes(&mut self) -> Result<bool, ProcessorError> {
+        let mut reload = false;
         for change in self.consumer.context().take_changes() {
             match change {
                 Assignment::Assigned(loaded) => {
@@ -284,10 +291,16 @@ impl Loop<'_> {
                         self.parts.remove(p);
                     }
                 }
+                Assignment::Reload(ps) => {
+                    for p in &ps {
+                        self.parts.remove(p);
+                    }
+                    reload = true;
+                }
                 Assignment::Failed(e) => return Err(ProcessorError::Restore(e)),
             }
         }
-        Ok(())
+        Ok(reload)
     }
 
     fn poll_batch(&self, stop: &AtomicBool) -> Result<Vec<Owned>, ProcessorError> {
@@ -488,6 +501,19 @@ impl Loop<'_> {
     fn reset(&mut self, stop: &AtomicBool) -> Result<(), ProcessorError> {
         let mut backoff = Duration::from_millis(200);
         loop {
+            // The batch connection too may have died with the server.
+            if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+                match self.handle.block_on(writer_connection(self.cfg)) {
+                    Ok(c) => self.client = Some(c),
+                    Err(e) if e.is_retriable() && !stop.load(Ordering::Relaxed) => {
+                        tracing::warn!(error = %e, ?backoff, "reconnecting to PostgreSQL failed; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let assigned: Vec<i32> = self
                 .consumer
                 .assignment()?
@@ -520,11 +546,6 @@ impl Loop<'_> {
                     tracing::warn!(error = %e, ?backoff, "reloading state failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
-                    if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-                        if let Ok(c) = self.handle.block_on(writer_connection(self.cfg)) {
-                            self.client = Some(c);
-                        }
-                    }
                 }
                 Err(e) => return Err(e),
             }
