@@ -77,7 +77,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             "SELECT instance_id, extract(epoch FROM now() - last_commit_at)::float8,
                     extract(epoch FROM last_seen_at - started_at)::float8,
                     batches, records, events, rejected, duplicates, late,
-                    extract(epoch FROM now() - last_seen_at)::float8
+                    extract(epoch FROM now() - last_seen_at)::float8, stopped_at IS NOT NULL
                FROM analytics.processor_heartbeat WHERE consumer_group = $1
               ORDER BY last_seen_at DESC",
             &[&args.source.group],
@@ -89,8 +89,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         let last_commit = r
             .get::<_, Option<f64>>(1)
             .map_or("never".to_string(), |s| format!("{s:.1}s ago"));
+        let stopped = if r.get::<_, bool>(10) {
+            " (stopped)"
+        } else {
+            ""
+        };
         println!(
-            "instance {}: seen {:.1}s ago, last commit {}, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
+            "instance {}{stopped}: seen {:.1}s ago, last commit {}, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
             r.get::<_, String>(0),
             r.get::<_, f64>(9),
             last_commit,

@@ -386,6 +386,22 @@ async fn results_equal_an_independent_reference() {
 
     p.stop();
     assert_exact(&want, &actual(&db).await);
+    let after = clickstream()
+        .args([
+            "status",
+            "--database-url",
+            &db.reader_url,
+            "--bootstrap",
+            &s.bootstrap,
+        ])
+        .args(["--group", &group, "--topic", &topic])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&after.stdout);
+    assert!(
+        text.contains("(stopped)"),
+        "a clean stop shows in status: {text}"
+    );
 
     // Every rejected record is in the dead-letter topic, untouched, with its reason.
     let dead = read_topic(
