@@ -31,5 +31,5 @@ log "processor running (log: $STATE/process.log, metrics: http://127.0.0.1:9187/
 token=${CLICKSTREAM_DASHBOARD_TOKEN:+?token=$CLICKSTREAM_DASHBOARD_TOKEN}
 log "lake writer running: Parquet under ${CLICKSTREAM_LAKE_DIR:-data}/ (log: $STATE/lake.log); afterwards: clickstream batch --date YYYY-MM-DD"
 log "live dashboard: http://${CLICKSTREAM_DASHBOARD_ADDR:-127.0.0.1:8080}/$token (log: $STATE/serve.log)"
-log "generating into Kafka topic $CLICKSTREAM_RAW_TOPIC at ${CLICKSTREAM_EPS} events/s (Ctrl-C to stop)"
+log "generating into Kafka topic $CLICKSTREAM_RAW_TOPIC (default ${CLICKSTREAM_EPS} events/s, --eps to change; Ctrl-C to stop)"
 "$BIN" generate --progress always "$@" || true

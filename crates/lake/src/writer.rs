@@ -365,7 +365,7 @@ impl LakeWriter {
         for p in all {
             self.roll(p, &consumer)?;
         }
-        tracing::info!(?self.report, "lake writer stopped; every open range was committed");
+        tracing::info!("lake writer stopped; every open range was committed");
         Ok(self.report)
     }
 
