@@ -135,28 +135,6 @@ fn get_json(base: &str, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
 }
 
-/// Generator -> topic, the seeded way; returns the number of records produced.
-fn generate(s: &Services, db: &TestDb, topic: &str, seed: u64, start: EventTime, count: usize) {
-    let out = clickstream()
-        .args(["generate", "--sink", "kafka", "--bootstrap", &s.bootstrap])
-        .args([
-            "--topic",
-            topic,
-            "--no-pacing",
-            "--database-url",
-            &db.writer_url,
-        ])
-        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
-        .args(["--start", &start.to_string(), "--eps", "30"])
-        .output()
-        .expect("run generate");
-    assert!(
-        out.status.success(),
-        "generate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A topic, its processor, and the records sent so far.
 struct Pipeline {
     topic: String,
@@ -201,7 +179,15 @@ impl Pipeline {
 
     /// Sends `count` records and waits until the processor committed all of them.
     async fn feed(&mut self, s: &Services, db: &TestDb, seed: u64, start: EventTime, count: usize) {
-        generate(s, db, &self.topic, seed, start, count);
+        generate_seeded(
+            s,
+            &self.topic,
+            count,
+            seed,
+            &start.to_string(),
+            30,
+            Some(&db.writer_url),
+        );
         self.records += count;
         let recs = read_topic(
             &s.bootstrap,

@@ -64,23 +64,7 @@ async fn seeded_topic(s: &Services, count: usize) -> (String, Vec<Rec>) {
     create_topic(&s.bootstrap, &topic, PARTITIONS).await;
     let today = EventTime::parse_date(&EventTime::now().date_string()).unwrap();
     let start = today.add_micros(-20 * 60 * 1_000_000);
-    let out = clickstream()
-        .args(["generate", "--sink", "kafka", "--bootstrap", &s.bootstrap])
-        .args(["--topic", &topic, "--no-pacing", "--no-catalog"])
-        .args([
-            "--count",
-            &count.to_string(),
-            "--seed",
-            &random_u64().to_string(),
-        ])
-        .args(["--start", &start.to_string(), "--eps", "20"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    generate_seeded(s, &topic, count, random_u64(), &start.to_string(), 20, None);
     let recs = read_topic(
         &s.bootstrap,
         &topic,

@@ -102,22 +102,14 @@ async fn a_postgres_crash_under_asynchronous_commits_changes_nothing() {
     let dlq = dead_letter_topic(&s).await;
     let count = 150_000;
     let start = EventTime::from_millis(EventTime::now().as_millis() - 3 * 3_600_000);
-    let out = clickstream()
-        .args(["generate", "--sink", "kafka", "--bootstrap", &s.bootstrap])
-        .args(["--topic", &topic, "--no-pacing", "--no-catalog"])
-        .args([
-            "--count",
-            &count.to_string(),
-            "--seed",
-            &random_u64().to_string(),
-        ])
-        .args(["--start", &start.to_string(), "--eps", "100"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    generate_seeded(
+        &s,
+        &topic,
+        count,
+        random_u64(),
+        &start.to_string(),
+        100,
+        None,
     );
     let recs = read_topic(&s.bootstrap, &topic, 6, count, Duration::from_secs(60));
     let ends = end_offsets(&recs);

@@ -238,6 +238,35 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Runs the real generator into `topic` without pacing: `count` records from `start`
+/// (RFC 3339) at `eps` events per second of event time, with `seed`. With `catalog_db`
+/// the catalog is written there, otherwise not at all.
+pub fn generate_seeded(
+    s: &Services,
+    topic: &str,
+    count: usize,
+    seed: u64,
+    start: &str,
+    eps: u32,
+    catalog_db: Option<&str>,
+) {
+    let mut cmd = clickstream();
+    cmd.args(["generate", "--sink", "kafka", "--bootstrap", &s.bootstrap])
+        .args(["--topic", topic, "--no-pacing"])
+        .args(["--count", &count.to_string(), "--seed", &seed.to_string()])
+        .args(["--start", start, "--eps", &eps.to_string()]);
+    match catalog_db {
+        Some(url) => cmd.args(["--database-url", url]),
+        None => cmd.arg("--no-catalog"),
+    };
+    let out = cmd.output().expect("run clickstream generate");
+    assert!(
+        out.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fresh one-partition dead-letter topic.
 pub async fn dead_letter_topic(s: &Services) -> String {
     let dlq = unique("dlq");
