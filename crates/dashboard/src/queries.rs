@@ -627,7 +627,7 @@ pub async fn health(
     stale_after_secs: f64,
 ) -> Result<Health, ApiError> {
     let gt: [&(dyn ToSql + Sync); 2] = [&group, &topic];
-    let (offsets, inst, dlq, reasons) = tokio::try_join!(
+    let (offsets, inst, dlq, reasons, totals) = tokio::try_join!(
         c.query(
             "SELECT kafka_partition, next_offset, (extract(epoch FROM watermark) * 1000)::int8
                FROM analytics.consumer_offsets WHERE consumer_group = $1 AND topic = $2",
@@ -646,6 +646,11 @@ pub async fn health(
             "SELECT reason, count(*) FROM analytics.rejected_events
               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
             &[],
+        ),
+        c.query_one(
+            "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(events), 0)::int8
+               FROM analytics.processor_heartbeat WHERE consumer_group = $1",
+            &gt[..1],
         ),
     )?;
     let (ends, kafka_error) = match ends {
@@ -689,13 +694,6 @@ pub async fn health(
             }
         })
         .collect();
-    let totals = c
-        .query_one(
-            "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(events), 0)::int8
-               FROM analytics.processor_heartbeat WHERE consumer_group = $1",
-            &[&group],
-        )
-        .await?;
     Ok(Health {
         group: group.to_string(),
         topic: topic.to_string(),

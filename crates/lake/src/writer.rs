@@ -217,18 +217,13 @@ impl LakeWriter {
         })
     }
 
-    /// Rebuilds partition `p`'s dedup window from its newest committed silver files.
-    fn load_dedup(&self, p: i32) -> Result<Dedup, LakeError> {
+    /// Rebuilds partition `p`'s dedup window from its newest committed silver files
+    /// (`silver`: every silver file of the lake, listed once for all partitions).
+    fn load_dedup(&self, p: i32, silver: &[(PathBuf, Range)]) -> Result<Dedup, LakeError> {
         let window_s = self.cfg.dedup_window.as_secs() as i64;
-        let mut by_range: BTreeMap<Range, Vec<PathBuf>> = BTreeMap::new();
-        for (path, r) in self
-            .lake
-            .files("silver")
-            .map_err(|e| LakeError::io(self.lake.root(), e))?
-        {
-            if r.partition == p {
-                by_range.entry(r).or_default().push(path);
-            }
+        let mut by_range: BTreeMap<Range, Vec<&PathBuf>> = BTreeMap::new();
+        for (path, r) in silver.iter().filter(|(_, r)| r.partition == p) {
+            by_range.entry(*r).or_default().push(path);
         }
         let mut ids: Vec<(i64, u128)> = Vec::new();
         let mut newest = i64::MIN;
@@ -290,10 +285,14 @@ impl LakeWriter {
             .lake
             .committed_offsets()
             .map_err(|e| LakeError::io(self.lake.root(), e))?;
+        let silver = self
+            .lake
+            .files("silver")
+            .map_err(|e| LakeError::io(self.lake.root(), e))?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             let start = committed.get(p).copied().unwrap_or(0);
-            let dedup = self.load_dedup(*p)?;
+            let dedup = self.load_dedup(*p, &silver)?;
             tracing::info!(
                 partition = p,
                 resume_offset = start,
