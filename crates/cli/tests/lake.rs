@@ -15,11 +15,12 @@ use support::*;
 const PARTITIONS: i32 = 6;
 
 /// A running `clickstream lake`.
-struct LakeWriter(std::process::Child);
+struct LakeWriter(std::process::Child, std::path::PathBuf);
 
 impl LakeWriter {
     fn start(s: &Services, topic: &str, dir: &Path, extra: &[&str]) -> LakeWriter {
-        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let log_path = dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = clickstream()
             .args(["lake", "--bootstrap", &s.bootstrap, "--topic", topic])
             .args(["--group", &unique("lake")])
@@ -29,7 +30,23 @@ impl LakeWriter {
             .stderr(log)
             .spawn()
             .expect("start clickstream lake");
-        LakeWriter(child)
+        LakeWriter(child, log_path)
+    }
+
+    /// Waits until the writer has its signal handler and partitions (a SIGTERM before that
+    /// would kill it the default way).
+    fn wait_started(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&self.1)
+            .unwrap_or_default()
+            .contains("lake writer started")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lake writer did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill9(mut self) {
@@ -101,7 +118,7 @@ fn expected_silver(recs: &[Rec]) -> HashSet<(u128, i32, i64)> {
     let mut out = HashSet::new();
     for r in sorted {
         if let Ok(e) = parse_event(&r.value, &policy) {
-            if seen.insert(e.event_id.as_u128()) {
+            if seen.insert((e.event_id.as_u128(), e.timestamp)) {
                 out.insert((e.event_id.as_u128(), r.partition, r.offset));
             }
         }
@@ -141,6 +158,8 @@ async fn bronze_and_silver_hold_each_record_once_across_kill_9() {
         kills += 1;
     }
     let w = LakeWriter::start(&s, &topic, &dir, &flags);
+    // The killed runs may have committed everything already: stop only a started writer.
+    w.wait_started();
     wait_committed(&lake, &ends, Duration::from_secs(180)).await;
     w.stop();
 
@@ -296,7 +315,7 @@ fn reference_days(recs: &[Rec]) -> HashMap<String, (RefDay, Vec<clickstream_mode
     let mut by_day: HashMap<String, Vec<clickstream_model::Event>> = HashMap::new();
     for r in sorted {
         if let Ok(e) = parse_event(&r.value, &policy) {
-            if seen.insert(e.event_id) {
+            if seen.insert((e.event_id, e.timestamp)) {
                 by_day.entry(e.timestamp.date_string()).or_default().push(e);
             }
         }

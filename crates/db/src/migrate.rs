@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "gold",
         sql: include_str!("../../../db/migrations/0004_gold.sql"),
     },
+    Migration {
+        version: 5,
+        name: "ledger_by_time",
+        sql: include_str!("../../../db/migrations/0005_ledger_by_time.sql"),
+    },
 ];
 
 /// The application roles the migrations create.

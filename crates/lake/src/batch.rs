@@ -1,4 +1,5 @@
-//! `clickstream batch --date D`: reads the day's silver, deduplicates by `event_id`,
+//! `clickstream batch --date D`: reads the day's silver, deduplicates by event key
+//! (id and event time),
 //! computes [`crate::gold`], and writes it as Parquet under `gold/` and into PostgreSQL's
 //! `analytics.gold_*` tables. Idempotent: a re-run replaces the day's files (same bytes for
 //! the same silver) and rows (delete + insert in one transaction).

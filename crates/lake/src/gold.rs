@@ -174,11 +174,11 @@ fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
-/// Keeps the first event of every id (in partition and offset order).
+/// Keeps the first event of every (id, event time) key (in partition and offset order).
 pub fn dedup(mut events: Vec<SilverEvent>) -> Vec<SilverEvent> {
     events.sort_by_key(|e| (e.kafka_partition, e.kafka_offset));
     let mut seen = HashSet::with_capacity(events.len());
-    events.retain(|e| seen.insert(e.event_id));
+    events.retain(|e| seen.insert((e.event_id, e.event_time_us)));
     events
 }
 
@@ -261,7 +261,8 @@ struct CategoryAcc {
 /// duplicates by `event_id` are skipped.
 #[derive(Default)]
 pub struct DayAccumulator {
-    seen: HashSet<u128>,
+    /// (id, event time) keys added so far.
+    seen: HashSet<(u128, i64)>,
     events: i64,
     bot_events: i64,
     product_views: i64,
@@ -276,9 +277,10 @@ pub struct DayAccumulator {
 }
 
 impl DayAccumulator {
-    /// Adds `e` unless an event with its id was added before; returns whether it was new.
+    /// Adds `e` unless an event with its id and time was added before; returns whether it
+    /// was new.
     pub fn add(&mut self, e: &SilverEvent) -> bool {
-        if !self.seen.insert(e.event_id) {
+        if !self.seen.insert((e.event_id, e.event_time_us)) {
             return false;
         }
         self.events += 1;

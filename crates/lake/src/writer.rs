@@ -11,8 +11,9 @@
 //! Deduplication in silver is per partition (events are keyed by user, so a re-sent event
 //! lands on the partition of the original) over a window of event time behind the
 //! partition's newest event (`dedup_window`, 30 min by default: re-sends arrive within
-//! minutes). The window's ids are rebuilt from the newest committed silver files on start. The daily batch deduplicates again by
-//! `event_id` over the whole day, so gold is exact even beyond the window.
+//! minutes), by event id and event time like the stream processor. The window's keys are
+//! rebuilt from the newest committed silver files on start. The daily batch deduplicates
+//! again over the whole day, so gold is exact even beyond the window.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -120,8 +121,9 @@ impl OpenFile {
 /// of a whole day holds only the window's events.
 #[derive(Default)]
 struct Dedup {
-    seen: HashSet<u128>,
-    buckets: BTreeMap<i64, Vec<u128>>,
+    /// Event keys: (id, event time in µs), as [`clickstream_model::EventKey`].
+    seen: HashSet<(u128, i64)>,
+    buckets: BTreeMap<i64, Vec<(u128, i64)>>,
     newest_s: Option<i64>,
 }
 
@@ -133,8 +135,8 @@ impl Dedup {
         if s < newest.saturating_sub(window_s) {
             return;
         }
-        self.seen.insert(id);
-        self.buckets.entry(s).or_default().push(id);
+        self.seen.insert((id, t_us));
+        self.buckets.entry(s).or_default().push((id, t_us));
         if self.newest_s != Some(newest) {
             self.newest_s = Some(newest);
             while let Some(entry) = self.buckets.first_entry() {
@@ -148,8 +150,8 @@ impl Dedup {
         }
     }
 
-    fn contains(&self, id: u128) -> bool {
-        self.seen.contains(&id)
+    fn contains(&self, id: u128, t_us: i64) -> bool {
+        self.seen.contains(&(id, t_us))
     }
 }
 
@@ -404,7 +406,7 @@ impl LakeWriter {
         match parse_event(r.value.unwrap_or_default(), policy) {
             Ok(ev) => {
                 let id = ev.event_id.as_u128();
-                if f.dedup.contains(id) {
+                if f.dedup.contains(id, ev.timestamp.as_micros()) {
                     self.report.duplicates += 1;
                 } else {
                     f.dedup.insert(id, ev.timestamp.as_micros(), window_s);

@@ -128,12 +128,25 @@ impl Serialize for Money {
     }
 }
 
+/// What makes two records the same event: the id and the event time. A re-sent or
+/// replayed record is byte-identical, so it matches on both. Keeping the time in the key
+/// lets a store order its dedup ledger by time, so inserts land at the end of the index and
+/// old entries go by range (the key Spark's `dropDuplicates(id, eventTime)` uses too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    /// Event time first: the order a time-ordered ledger sorts in.
+    pub timestamp: EventTime,
+    /// The event's id.
+    pub event_id: Uuid,
+}
+
 /// One clickstream event (schema version 1). See `docs/events.md` for the field reference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// Always [`crate::SCHEMA_VERSION`] for events built by this crate.
     pub schema_version: u32,
-    /// Unique per event; a re-sent event keeps its id, which is what deduplication keys on.
+    /// Unique per event; a re-sent event keeps its id (deduplication keys on it together
+    /// with the timestamp, see [`EventKey`]).
     pub event_id: Uuid,
     /// What happened.
     pub event_type: EventType,
@@ -182,6 +195,14 @@ pub struct Event {
 }
 
 impl Event {
+    /// The deduplication identity of this event.
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            timestamp: self.timestamp,
+            event_id: self.event_id,
+        }
+    }
+
     /// A bare event of `event_type` with no product, order or context fields.
     pub fn new(
         event_id: Uuid,

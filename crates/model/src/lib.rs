@@ -18,7 +18,7 @@ pub mod time;
 pub mod validate;
 
 pub use catalog::Product;
-pub use event::{Event, EventType, Money};
+pub use event::{Event, EventKey, EventType, Money};
 pub use time::EventTime;
 pub use validate::{parse_event, RejectReason, ValidationPolicy, DAY_MICROS};
 

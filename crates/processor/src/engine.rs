@@ -418,14 +418,14 @@ impl PartitionState {
     }
 }
 
-/// Keeps the first occurrence of each event id (input in partition/offset order); returns
-/// the kept events and how many were dropped as duplicates.
+/// Keeps the first occurrence of each event key (id and event time; input in
+/// partition/offset order); returns the kept events and how many were dropped as duplicates.
 pub fn dedup_batch(events: Vec<SourcedEvent>) -> (Vec<SourcedEvent>, usize) {
     let mut seen = HashSet::with_capacity(events.len());
     let before = events.len();
     let kept: Vec<_> = events
         .into_iter()
-        .filter(|e| seen.insert(e.event.event_id))
+        .filter(|e| seen.insert(e.event.key()))
         .collect();
     let dropped = before - kept.len();
     (kept, dropped)

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -182,6 +182,7 @@ impl DeadLetters {
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            .set("socket.nagle.disable", "true")
             .set("message.max.bytes", "4194304")
             .create_with_context(DlqContext(counts.clone()))?;
         Ok(DeadLetters {
@@ -192,12 +193,9 @@ impl DeadLetters {
         })
     }
 
-    /// Sends `rejected` and waits until the broker has them all (before the batch commits,
-    /// so a crash can only repeat a dead letter, never lose one).
+    /// Queues `rejected` for sending; [`DeadLetters::confirm`] waits for them. The batch
+    /// commits only after that, so a crash can only repeat a dead letter, never lose one.
     pub fn send_all(&self, rejected: &[Rejected]) -> Result<(), ProcessorError> {
-        if rejected.is_empty() {
-            return Ok(());
-        }
         for r in rejected {
             let partition = r.partition.to_string();
             let offset = r.offset.to_string();
@@ -243,9 +241,22 @@ impl DeadLetters {
                 }
             }
         }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| ProcessorError::DeadLetter(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Waits until the broker has every dead letter queued so far; fails if any was refused.
+    pub fn confirm(&self) -> Result<(), ProcessorError> {
+        // Not `flush`: it sleeps in 100 ms steps, a fixed cost per batch; `poll` returns as
+        // soon as a delivery report is served.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(ProcessorError::DeadLetter(
+                    "no acknowledgement from Kafka within 30 s".into(),
+                ));
+            }
+            self.producer.poll(Duration::from_millis(5));
+        }
         if self.counts.failed.swap(0, Ordering::Relaxed) > 0 {
             let first = self
                 .counts

@@ -4,13 +4,13 @@
 //! Runs on a dedicated thread (librdkafka's consumer is blocking); PostgreSQL calls go
 //! through the runtime handle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream_model::{parse_event, EventTime, ValidationPolicy};
+use clickstream_model::{parse_event, EventKey, EventTime, ValidationPolicy};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -91,6 +91,8 @@ struct Loop<'a> {
     handle: Handle,
     /// `None` while a transaction task has it.
     client: Option<Client>,
+    /// Reads the dedup ledger while a transaction holds `client`.
+    probe: Option<Client>,
     consumer: BaseConsumer<RestoringContext>,
     dlq: DeadLetters,
     metrics: Arc<Metrics>,
@@ -174,6 +176,7 @@ pub fn run(
         shared: Arc::new(cfg.clone()),
         handle,
         client: Some(client),
+        probe: None,
         consumer,
         dlq,
         metrics,
@@ -188,15 +191,19 @@ pub fn run(
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let mut last_prune = Instant::now();
     // Pipelined: while batch N's transaction runs on the runtime, this thread polls,
-    // validates and dead-letters batch N+1. State moves into the transaction task and back.
+    // validates and dead-letters batch N+1, probes the dedup ledger for it and applies the
+    // operators, so batch N+1's transaction only writes. Operator state stays on this
+    // thread; a failed transaction reloads it from PostgreSQL (it is only ever a cache).
     let mut inflight: Option<InFlight> = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
+        let c0 = Instant::now();
         let polled = if stopping {
             Vec::new()
         } else {
             l.poll_batch(&stop)?
         };
+        let cp = Instant::now();
         // A dead-letter delivery failure abandons this batch like a failed transaction.
         let mut abandoned = None;
         let mut prepared = if polled.is_empty() {
@@ -211,28 +218,61 @@ pub fn run(
                 Err(e) => return Err(e),
             }
         };
-        if let Some(job) = inflight.take() {
-            if let Err(e) = l.finish(job) {
-                if !e.is_retriable() {
-                    return Err(e);
+        let c1 = Instant::now();
+        let changes = l.consumer.context().take_changes();
+        if !changes.is_empty() {
+            // A partition (re)assigned now has state loaded from before the in-flight
+            // transaction: let that transaction finish first, so its bookkeeping does not
+            // land on the new state (the fence then sorts out any remaining race).
+            if let Some(job) = inflight.take() {
+                if let Err(e) = l.finish(job) {
+                    abandoned = Some(fatal_or(e)?);
                 }
-                abandoned = Some(e);
             }
         }
+        let reload = l.apply_assignment_changes(changes)?;
+        let mut staged = None;
+        if let Some(mut p) = prepared.take().filter(|_| abandoned.is_none() && !reload) {
+            p.retain_owned(&l.parts);
+            if !p.ends.is_empty() {
+                // Dead letters were queued in `prepare`; their acknowledgements arrive
+                // while the batch is staged.
+                let pending = inflight.as_ref().map(|j| &j.keys);
+                match l
+                    .stage(p, pending)
+                    .and_then(|s| l.dlq.confirm().map(|()| s))
+                {
+                    Ok(s) => staged = Some(s),
+                    Err(e) => abandoned = Some(fatal_or(e)?),
+                }
+            }
+        }
+        let c2 = Instant::now();
+        if let Some(job) = inflight.take() {
+            if let Err(e) = l.finish(job) {
+                abandoned = Some(fatal_or(e)?);
+            }
+        }
+        tracing::trace!(
+            poll_ms = (cp - c0).as_millis() as u64,
+            prepare_ms = (c1 - cp).as_millis() as u64,
+            stage_ms = (c2 - c1).as_millis() as u64,
+            finish_ms = c2.elapsed().as_millis() as u64,
+            "loop iteration"
+        );
         if let Some(e) = abandoned {
             l.metrics.batches_abandoned.inc();
             tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
+            // The staged batch was applied to state that is reloaded now; it is read again.
+            staged = None;
             l.reset(&stop)?;
-            // Polled before the seek back: it will be read again.
-            prepared = None;
-        }
-        if l.apply_assignment_changes()? {
+        } else if reload {
             // Assigned while PostgreSQL was away: load state and seek (retrying) before
             // anything of those partitions is processed.
+            staged = None;
             l.reset(&stop)?;
-            prepared = None;
         }
-        // State and connection are home between transactions: housekeeping goes here.
+        // The connection is home between transactions: housekeeping goes here.
         if last_lag.elapsed() > Duration::from_secs(2) {
             l.update_lag();
             // Other instances may have moved the global watermark meanwhile.
@@ -246,12 +286,9 @@ pub fn run(
             l.prune();
             last_prune = Instant::now();
         }
-        if let Some(mut p) = prepared {
-            p.retain_owned(&l.parts);
-            if !p.ends.is_empty() {
-                inflight = Some(l.start_transaction(p));
-                continue;
-            }
+        if let Some(s) = staged {
+            inflight = Some(l.start_transaction(s));
+            continue;
         }
         if stopping {
             break;
@@ -271,9 +308,12 @@ pub fn run(
 
 impl Loop<'_> {
     /// Takes over assignment changes; returns whether state must be reloaded first.
-    fn apply_assignment_changes(&mut self) -> Result<bool, ProcessorError> {
+    fn apply_assignment_changes(
+        &mut self,
+        changes: Vec<Assignment>,
+    ) -> Result<bool, ProcessorError> {
         let mut reload = false;
-        for change in self.consumer.context().take_changes() {
+        for change in changes {
             match change {
                 Assignment::Assigned(loaded) => {
                     for (p, sp) in loaded {
@@ -388,14 +428,77 @@ impl Loop<'_> {
         })
     }
 
-    /// Moves the state and the connection into a task that runs the batch transaction.
-    fn start_transaction(&mut self, prepared: Prepared) -> InFlight {
-        let expected: HashMap<i32, Option<i64>> = prepared
+    /// Finds the batch's re-sends of earlier events (the ledger's committed keys, plus the
+    /// in-flight batch's `pending` keys, which it cannot see yet) and applies the operators
+    /// to the rest, advancing the partitions' state.
+    fn stage(
+        &mut self,
+        p: Prepared,
+        pending: Option<&HashSet<EventKey>>,
+    ) -> Result<Staged, ProcessorError> {
+        let t0 = Instant::now();
+        if self.probe.as_ref().is_none_or(|c| c.is_closed()) {
+            self.probe = Some(
+                self.handle
+                    .block_on(clickstream_db::connect(&self.cfg.database_url))?,
+            );
+        }
+        let probe = self.probe.as_ref().expect("probe connection");
+        let mut known = self.handle.block_on(store::known_keys(probe, &p.valid))?;
+        if let Some(pending) = pending {
+            known.extend(
+                p.valid
+                    .iter()
+                    .map(|e| e.event.key())
+                    .filter(|k| pending.contains(k)),
+            );
+        }
+        let probed = t0.elapsed();
+        let mut fresh = p.valid;
+        if !known.is_empty() {
+            fresh.retain(|e| !known.contains(&e.event.key()));
+        }
+        let engine = &self.cfg.engine;
+        let mut out = BatchOutput::default();
+        for e in &fresh {
+            if let Some(part) = self.parts.get_mut(&e.partition) {
+                part.state.apply(e, engine, &mut out);
+            }
+        }
+        let mut positions = Vec::with_capacity(p.ends.len());
+        for (partition, next) in &p.ends {
+            if let Some(part) = self.parts.get_mut(partition) {
+                part.state.finish_batch(engine, &mut out);
+                positions.push(Position {
+                    partition: *partition,
+                    next_offset: *next,
+                    watermark: part.state.watermark,
+                    max_event_time: part.state.max_event_time,
+                });
+            }
+        }
+        let keys = fresh.iter().map(|e| e.event.key()).collect();
+        Ok(Staged {
+            fresh,
+            out,
+            positions,
+            rejected: p.rejected,
+            ends: p.ends,
+            records: p.offsets.len(),
+            first_polled: p.first_polled,
+            keys,
+            probe_time: probed,
+            apply_time: t0.elapsed() - probed,
+        })
+    }
+
+    /// Moves the connection and the staged batch into a task that runs its transaction.
+    fn start_transaction(&mut self, staged: Staged) -> InFlight {
+        let expected: HashMap<i32, Option<i64>> = staged
             .ends
             .keys()
             .map(|p| (*p, self.parts.get(p).and_then(|x| x.stored_next)))
             .collect();
-        let mut parts = std::mem::take(&mut self.parts);
         let mut client = self.client.take();
         let cfg = self.shared.clone();
         let ctx = TxContext {
@@ -404,35 +507,35 @@ impl Loop<'_> {
             totals: self.totals,
             started: self.started,
         };
-        let mut prepared = prepared;
+        let mut staged = staged;
+        let keys = std::mem::take(&mut staged.keys);
         let task = self.handle.spawn(async move {
             let result = match client.as_mut() {
-                Some(c) => {
-                    run_transaction(&cfg, c, &mut parts, &mut prepared, &expected, ctx).await
-                }
+                Some(c) => run_transaction(&cfg, c, &staged, &expected, ctx).await,
                 None => Err(ProcessorError::Config("no database connection".into())),
             };
-            (parts, client, prepared, result)
+            (client, staged, result)
         });
-        InFlight { task }
+        InFlight { task, keys }
     }
 
-    /// Waits for the transaction task, takes the state back, and on success advances the
-    /// offsets the fence expects and tells Kafka, the metrics and the alert sinks.
+    /// Waits for the transaction task, takes the connection back, and on success advances
+    /// the offsets the fence expects and tells Kafka, the metrics and the alert sinks.
     fn finish(&mut self, job: InFlight) -> Result<(), ProcessorError> {
-        let (parts, client, prepared, result) = self
+        let (client, staged, result) = self
             .handle
             .block_on(job.task)
             .map_err(|e| ProcessorError::Config(format!("transaction task failed: {e}")))?;
-        self.parts = parts;
         self.client = client;
         let done = result?;
         let cfg = self.cfg;
-        let records = prepared.offsets.len();
-        let rejected = prepared.rejected.len();
-        let duplicates = records.saturating_sub(rejected + done.applied);
+        let records = staged.records;
+        let rejected = staged.rejected.len();
+        let applied = staged.fresh.len();
+        let late = staged.out.late.len();
+        let duplicates = records.saturating_sub(rejected + applied);
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in &prepared.ends {
+        for (p, next) in &staged.ends {
             if let Some(part) = self.parts.get_mut(p) {
                 part.stored_next = Some(*next);
             }
@@ -446,21 +549,21 @@ impl Loop<'_> {
         }
         self.totals.batches += 1;
         self.totals.records += records as i64;
-        self.totals.events += done.applied as i64;
+        self.totals.events += applied as i64;
         self.totals.rejected += rejected as i64;
         self.totals.duplicates += duplicates as i64;
-        self.totals.late += done.late as i64;
+        self.totals.late += late as i64;
         let m = &self.metrics;
-        m.commit_seconds.observe(done.phases[3].as_secs_f64());
+        m.commit_seconds.observe(done.phases[2].as_secs_f64());
         m.batch_seconds
-            .observe(prepared.first_polled.elapsed().as_secs_f64());
+            .observe(staged.first_polled.elapsed().as_secs_f64());
         m.batches.inc();
         m.batch_size.observe(records as f64);
         m.records_in.inc_by(records as u64);
-        m.events_valid.inc_by(done.applied as u64);
+        m.events_valid.inc_by(applied as u64);
         m.duplicates.inc_by(duplicates as u64);
-        m.late.inc_by(done.late as u64);
-        for r in &prepared.rejected {
+        m.late.inc_by(late as u64);
+        for r in &staged.rejected {
             m.rejected
                 .get_or_create(&ReasonLabel {
                     reason: r.reason.to_string(),
@@ -483,14 +586,15 @@ impl Loop<'_> {
         }
         tracing::debug!(
             records,
-            applied = done.applied,
+            applied,
             rejected,
             duplicates,
-            sessions = done.sessions,
-            dedup_ms = done.phases[0].as_millis() as u64,
-            apply_ms = (done.phases[1] - done.phases[0]).as_millis() as u64,
-            write_ms = (done.phases[2] - done.phases[1]).as_millis() as u64,
-            total_ms = done.phases[3].as_millis() as u64,
+            sessions = staged.out.sessions.len(),
+            probe_ms = staged.probe_time.as_millis() as u64,
+            apply_ms = staged.apply_time.as_millis() as u64,
+            ledger_ms = done.phases[0].as_millis() as u64,
+            write_ms = (done.phases[1] - done.phases[0]).as_millis() as u64,
+            tx_ms = done.phases[2].as_millis() as u64,
             "batch committed"
         );
         Ok(())
@@ -661,15 +765,30 @@ impl Prepared {
     }
 }
 
+/// A prepared batch whose operators have run: what its transaction writes.
+struct Staged {
+    /// Distinct valid events not seen before (for the ledger and the audit table).
+    fresh: Vec<SourcedEvent>,
+    out: BatchOutput,
+    positions: Vec<Position>,
+    rejected: Vec<Rejected>,
+    /// Next offset per partition after this batch.
+    ends: HashMap<i32, i64>,
+    /// Records polled (valid, rejected or duplicate).
+    records: usize,
+    first_polled: Instant,
+    /// Keys of `fresh`, for the next batch's probe while this one is in flight.
+    keys: HashSet<EventKey>,
+    probe_time: Duration,
+    apply_time: Duration,
+}
+
 /// A batch transaction running on the runtime.
 struct InFlight {
     #[allow(clippy::type_complexity)]
-    task: tokio::task::JoinHandle<(
-        HashMap<i32, Part>,
-        Option<Client>,
-        Prepared,
-        Result<TxDone, ProcessorError>,
-    )>,
+    task: tokio::task::JoinHandle<(Option<Client>, Staged, Result<TxDone, ProcessorError>)>,
+    /// The batch's ledger keys, not visible to other connections before it commits.
+    keys: HashSet<EventKey>,
 }
 
 #[derive(Clone, Copy)]
@@ -682,86 +801,62 @@ struct TxContext {
 
 /// What a committed transaction did.
 struct TxDone {
-    applied: usize,
-    late: usize,
-    sessions: usize,
     alerts: Vec<store::Alert>,
     closed_until: Option<EventTime>,
-    /// Elapsed at: dedup done, operators applied, outputs written, committed.
-    phases: [Duration; 4],
+    /// Elapsed at: ledger recorded, outputs written, committed.
+    phases: [Duration; 3],
 }
 
-/// One batch, one transaction: fence, dedup ledger, operators, every output, offsets,
-/// alerts, heartbeat. Operator state is changed in place; if this fails the caller
-/// reloads it from PostgreSQL.
+/// Retriable errors abandon the batch (`Ok`); any other stops the processor.
+fn fatal_or(e: ProcessorError) -> Result<ProcessorError, ProcessorError> {
+    if e.is_retriable() {
+        Ok(e)
+    } else {
+        Err(e)
+    }
+}
+
+/// One batch, one transaction: fence, dedup ledger, every output, offsets, alerts,
+/// heartbeat. Nothing is computed here but the alerts (SQL over the committed windows).
 async fn run_transaction(
     cfg: &ProcessorConfig,
     client: &mut Client,
-    parts: &mut HashMap<i32, Part>,
-    prepared: &mut Prepared,
+    staged: &Staged,
     expected: &HashMap<i32, Option<i64>>,
     ctx: TxContext,
 ) -> Result<TxDone, ProcessorError> {
     let t0 = Instant::now();
-    let mut phases = [Duration::ZERO; 4];
+    let mut phases = [Duration::ZERO; 3];
     let tx = client.transaction().await?;
     store::fence(&tx, &cfg.group, &cfg.topic, expected).await?;
-    let fresh = store::claim_new(&tx, &prepared.valid).await?;
+    store::record_keys(&tx, &staged.fresh).await?;
     phases[0] = t0.elapsed();
-    let applied: Vec<SourcedEvent> = std::mem::take(&mut prepared.valid)
-        .into_iter()
-        .filter(|e| fresh.contains(&e.event.event_id))
-        .collect();
-    let mut out = BatchOutput::default();
-    for e in &applied {
-        if let Some(part) = parts.get_mut(&e.partition) {
-            part.state.apply(e, &cfg.engine, &mut out);
-        }
-    }
-    for p in prepared.ends.keys() {
-        if let Some(part) = parts.get_mut(p) {
-            part.state.finish_batch(&cfg.engine, &mut out);
-        }
-    }
-    phases[1] = t0.elapsed();
+    let out = &staged.out;
     if cfg.audit_events {
-        store::copy_events(&tx, &applied, &out.late_flags).await?;
+        store::copy_events(&tx, &staged.fresh, &out.late_flags).await?;
     }
-    store::write_outputs(&tx, &out, &cfg.engine).await?;
-    store::write_rejected(&tx, &cfg.topic, &prepared.rejected).await?;
-    phases[2] = t0.elapsed();
-    let positions: Vec<Position> = prepared
-        .ends
-        .iter()
-        .filter_map(|(p, next)| {
-            parts.get(p).map(|part| Position {
-                partition: *p,
-                next_offset: *next,
-                watermark: part.state.watermark,
-                max_event_time: part.state.max_event_time,
-            })
-        })
-        .collect();
-    store::write_positions(&tx, &cfg.group, &cfg.topic, &positions).await?;
+    store::write_outputs(&tx, out, &cfg.engine).await?;
+    store::write_rejected(&tx, &cfg.topic, &staged.rejected).await?;
+    phases[1] = t0.elapsed();
+    store::write_positions(&tx, &cfg.group, &cfg.topic, &staged.positions).await?;
     let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, ctx.partition_count).await?;
     let mut alerts = Vec::new();
     if let Some(g) = gwm.filter(|g| ctx.alerts_since.is_none_or(|c| *g > c)) {
         alerts = store::raise_alerts(&tx, g, ctx.alerts_since, cfg.alert).await?;
     }
+    let applied = staged.fresh.len();
+    let rejected = staged.rejected.len();
     let mut hb = ctx.totals;
     hb.batches += 1;
-    hb.records += prepared.offsets.len() as i64;
-    hb.events += applied.len() as i64;
-    hb.rejected += prepared.rejected.len() as i64;
-    hb.duplicates += (prepared.offsets.len() - prepared.rejected.len() - applied.len()) as i64;
+    hb.records += staged.records as i64;
+    hb.events += applied as i64;
+    hb.rejected += rejected as i64;
+    hb.duplicates += staged.records.saturating_sub(rejected + applied) as i64;
     hb.late += out.late.len() as i64;
     store::write_heartbeat(&tx, &cfg.instance_id, &cfg.group, ctx.started, &hb).await?;
     tx.commit().await?;
-    phases[3] = t0.elapsed();
+    phases[2] = t0.elapsed();
     Ok(TxDone {
-        applied: applied.len(),
-        late: out.late.len(),
-        sessions: out.sessions.len(),
         alerts,
         closed_until: gwm,
         phases,

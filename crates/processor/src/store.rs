@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 
 use chrono::{DateTime, Utc};
-use clickstream_model::EventTime;
+use clickstream_model::{EventKey, EventTime};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
@@ -150,25 +150,69 @@ pub async fn fence(
     Ok(())
 }
 
-/// Records event ids in the dedup ledger; returns the ids that were new.
-pub async fn claim_new(
-    tx: &Transaction<'_>,
+/// Which of `events` the dedup ledger already holds (re-sends of committed events).
+///
+/// Runs on its own connection, outside the batch transaction, while the previous batch's
+/// transaction is still writing: that batch's keys are not visible yet, so the caller
+/// checks them in memory. One index probe per event; the ledger's time-first key keeps
+/// the probes on the few newest pages.
+pub async fn known_keys(
+    client: &Client,
     events: &[SourcedEvent],
-) -> Result<HashSet<Uuid>, ProcessorError> {
+) -> Result<HashSet<EventKey>, ProcessorError> {
     if events.is_empty() {
         return Ok(HashSet::new());
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event.event_id).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| ts(e.event.timestamp)).collect();
-    let rows = tx
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event.event_id).collect();
+    // LATERAL + LIMIT keeps this a loop of index probes: the planner, seeing the array's
+    // size, might otherwise pick a hash join over the whole ledger.
+    let rows = client
         .query(
-            "INSERT INTO analytics.seen_events (event_id, event_time)
-             SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])
-             ON CONFLICT DO NOTHING RETURNING event_id",
-            &[&ids, &times],
+            "SELECT x.t, x.i FROM UNNEST($1::timestamptz[], $2::uuid[]) AS x(t, i)
+             CROSS JOIN LATERAL (
+                 SELECT 1 FROM analytics.seen_events s
+                 WHERE s.event_time = x.t AND s.event_id = x.i LIMIT 1
+             ) AS hit",
+            &[&times, &ids],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| EventKey {
+            timestamp: from_ts(r.get(0)),
+            event_id: r.get(1),
+        })
+        .collect())
+}
+
+/// Records the keys of `events` (all new, see [`known_keys`]) in the dedup ledger with
+/// binary COPY: about three times cheaper than `INSERT ... ON CONFLICT DO NOTHING`, whose
+/// speculative insertion takes a lock per row. If another instance recorded one of the
+/// keys meanwhile (a re-send that reached another partition), the primary key fails the
+/// COPY and the batch is retried; the retry's probe finds the key.
+pub async fn record_keys(
+    tx: &Transaction<'_>,
+    events: &[SourcedEvent],
+) -> Result<(), ProcessorError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in("COPY analytics.seen_events (event_time, event_id) FROM STDIN BINARY")
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[Type::TIMESTAMPTZ, Type::UUID]
+    ));
+    for e in events {
+        writer
+            .as_mut()
+            .write(&[&ts(e.event.timestamp), &e.event.event_id])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 /// Appends the distinct valid events to the audit table with binary COPY.

@@ -125,7 +125,7 @@ pub fn compute(
                     continue;
                 }
             };
-            if !seen.insert(e.event_id) {
+            if !seen.insert((e.event_id, e.timestamp)) {
                 continue;
             }
             x.distinct_events += 1;

@@ -179,13 +179,21 @@ fn bots_are_recognised_by_user_agent() {
 #[test]
 fn in_batch_duplicates_keep_the_first() {
     let a = ev(1, 1, EventType::PageView, 0, None);
-    let mut b = ev(1, 1, EventType::PageView, 5, None);
-    b.offset = 9;
-    let (kept, dropped) = dedup_batch(vec![a, b, ev(2, 1, EventType::PageView, 1, None)]);
+    let mut resent = ev(1, 1, EventType::PageView, 0, None);
+    resent.offset = 9;
+    // Same id, another time: a different event (the key is id and event time).
+    let mut reused = ev(1, 1, EventType::PageView, 5, None);
+    reused.offset = 10;
+    let (kept, dropped) = dedup_batch(vec![
+        a,
+        resent,
+        ev(2, 1, EventType::PageView, 1, None),
+        reused,
+    ]);
     assert_eq!(dropped, 1);
     assert_eq!(
         kept.iter().map(|e| e.offset).collect::<Vec<_>>(),
-        vec![1, 2]
+        vec![1, 2, 10]
     );
 }
 
