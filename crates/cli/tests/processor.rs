@@ -689,3 +689,81 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     p.stop();
     db.drop().await;
 }
+
+/// Produces `payloads` to partition 0 of `topic` and waits for the acknowledgements.
+fn produce_all(s: &Services, topic: &str, payloads: &[Vec<u8>]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .unwrap();
+    for p in payloads {
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .key(b"k".as_slice())
+                    .payload(p.as_slice()),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_counts_once_after_a_restart_and_a_reused_id_at_another_time_twice() {
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let topic = unique("dedup");
+    let dlq = dead_letter_topic(&s).await;
+    create_topic(&s.bootstrap, &topic, 1).await;
+    let original = good_event(10);
+    let mut reused: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let t = EventTime::now().as_micros() - 9 * 60_000_000;
+    reused["timestamp"] = serde_json::json!(EventTime::from_micros(t).to_string());
+    let reused = serde_json::to_vec(&reused).unwrap();
+
+    let group = unique("g");
+    produce_all(&s, &topic, std::slice::from_ref(&original));
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
+    let ends = HashMap::from([(0, 1)]);
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    p.stop();
+
+    // After the restart the re-send is known only from the ledger in PostgreSQL.
+    produce_all(&s, &topic, &[original.clone(), reused]);
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
+    let ends = HashMap::from([(0, 3)]);
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    p.stop();
+
+    let c = connect(&db.admin_url).await;
+    let row = c
+        .query_one(
+            "SELECT (SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute),
+                    (SELECT count(*) FROM analytics.seen_events),
+                    (SELECT count(DISTINCT event_id) FROM analytics.seen_events),
+                    (SELECT coalesce(sum(duplicates), 0)::int8 FROM analytics.processor_heartbeat)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (events, keys, ids, dups): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(events, 2, "the original and the reused id at another time");
+    assert_eq!((keys, ids), (2, 1), "two ledger keys, one id");
+    assert_eq!(dups, 1, "the re-send is counted as a duplicate");
+    db.drop().await;
+}

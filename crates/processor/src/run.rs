@@ -1,5 +1,6 @@
 //! The micro-batch loop: poll up to `batch_max_records` or `batch_max_wait`, validate,
-//! dead-letter the rejects, then one PostgreSQL transaction for everything else.
+//! dead-letter the rejects, drop re-sends (dedup ledger probe), run the operators, then
+//! one PostgreSQL transaction writes everything, while the loop prepares the next batch.
 //!
 //! Runs on a dedicated thread (librdkafka's consumer is blocking); PostgreSQL calls go
 //! through the runtime handle.
