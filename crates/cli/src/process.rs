@@ -52,7 +52,7 @@ pub struct ProcessArgs {
     /// ... and fewer purchases than this.
     #[arg(long, env = "CLICKSTREAM_ALERT_MAX_PURCHASES", default_value_t = 5)]
     alert_max_purchases: i64,
-    /// Reject events older than this (also how long event ids are remembered for dedup).
+    /// Reject events older than this (also how long event keys are remembered for dedup).
     #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
     max_event_age: Duration,
     /// Reject events further in the future than this (clock skew).

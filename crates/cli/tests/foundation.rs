@@ -62,6 +62,29 @@ async fn migrate_twice_is_a_noop_and_roles_are_separated() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("was changed after it was applied"));
 
+    // A processor refuses a schema older than its build instead of writing with keys the
+    // tables do not have.
+    admin
+        .execute(
+            "DELETE FROM analytics.schema_migrations WHERE version = (SELECT max(version) FROM analytics.schema_migrations)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let behind = clickstream()
+        .args(["process", "--bootstrap", &s.bootstrap, "--topic", "unused"])
+        .args([
+            "--database-url",
+            &db.writer_url,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!behind.status.success());
+    let err = String::from_utf8_lossy(&behind.stderr);
+    assert!(err.contains("run `clickstream migrate`"), "{err}");
+
     let writer = connect(&db.writer_url).await;
     writer
         .execute(

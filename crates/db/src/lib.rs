@@ -42,6 +42,14 @@ pub enum DbError {
         /// Highest version in this build.
         known: i32,
     },
+    /// The database lacks migrations this build needs.
+    #[error("database schema is at version {db} but this build needs version {needed}; run `clickstream migrate`")]
+    SchemaBehind {
+        /// Highest version in the database (0: never migrated).
+        db: i32,
+        /// Highest version in this build.
+        needed: i32,
+    },
 }
 
 /// The server's message for database errors (`Display` of the driver error only says

@@ -85,6 +85,28 @@ pub struct RolePasswords {
     pub reader: Option<String>,
 }
 
+/// Fails unless the database schema is at this build's version: a processor on an older
+/// schema would write with keys the tables do not have yet.
+pub async fn require_current(client: &Client) -> Result<(), DbError> {
+    let needed = MIGRATIONS.last().map_or(0, |m| m.version);
+    let db: i32 = match client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM analytics.schema_migrations",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    match db.cmp(&needed) {
+        std::cmp::Ordering::Less => Err(DbError::SchemaBehind { db, needed }),
+        std::cmp::Ordering::Greater => Err(DbError::SchemaTooNew { db, known: needed }),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
 /// Applies pending migrations and sets role passwords. Idempotent.
 ///
 /// Roles are cluster-wide while the advisory lock is per database, so migrating two

@@ -258,7 +258,7 @@ struct CategoryAcc {
 }
 
 /// One day's gold, accumulated event by event (the day is never held in memory whole):
-/// duplicates by `event_id` are skipped.
+/// duplicates (same event id and event time) are skipped.
 #[derive(Default)]
 pub struct DayAccumulator {
     /// (id, event time) keys added so far.

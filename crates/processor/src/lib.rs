@@ -35,8 +35,9 @@ pub use run::{run, ProcessorConfig, RunReport};
 
 use thiserror::Error;
 
-/// Errors of the processor. `Fenced` and `Postgres` abandon the batch and reload state;
-/// the others stop the processor.
+/// Errors of the processor. The retriable ones (see [`ProcessorError::is_retriable`]:
+/// PostgreSQL failures, a fence, a dead-letter delivery failure) abandon the batch and
+/// reload state; the others stop the processor.
 #[derive(Debug, Error)]
 pub enum ProcessorError {
     /// PostgreSQL failed (retriable once it is back).

@@ -120,6 +120,7 @@ pub fn run(
         ));
     }
     let client = handle.block_on(writer_connection(cfg))?;
+    handle.block_on(clickstream_db::migrate::require_current(&client))?;
     let loader = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
     let ctx = RestoringContext::new(
         handle.clone(),
@@ -372,8 +373,8 @@ impl Loop<'_> {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
                 Some(Ok(m)) => {
-                    // Ownership and already-committed offsets are checked once the
-                    // previous transaction is done (`Prepared::retain_owned`).
+                    // Ownership and already-committed offsets are checked after the
+                    // assignment changes are applied (`Prepared::retain_owned`).
                     deadline.get_or_insert_with(|| Instant::now() + self.cfg.batch_max_wait);
                     batch.push(m);
                 }

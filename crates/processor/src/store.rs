@@ -386,7 +386,7 @@ pub async fn write_outputs(
             "INSERT INTO analytics.late_events
                     (event_id, event_type, event_time, watermark, kafka_partition, kafka_offset, absorbed_by_session)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int4[], $6::int8[], $7::bool[])
-             ON CONFLICT (event_id) DO NOTHING",
+             ON CONFLICT (event_time, event_id) DO NOTHING",
             &[&id, &ty, &t, &wm, &part, &off, &abs],
         )
         .await?;
