@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::gold::{DayAccumulator, Gold, UserDay, MONTH_DAYS};
 use crate::layout::{sync_dir, Lake};
-use crate::read::for_each_silver;
+use crate::read::{for_each_silver, row_count};
 use crate::schema::writer_properties;
 use crate::LakeError;
 
@@ -57,7 +57,13 @@ pub fn accumulate_day(lake: &Lake, day: &str) -> Result<(DayAccumulator, usize, 
     let files = lake
         .silver_files_of(day)
         .map_err(|e| LakeError::io(lake.root(), e))?;
-    let mut acc = DayAccumulator::default();
+    // Sized up front from the footers: growing the dedup set doubles it, old and new
+    // tables side by side, which was a third of the batch's peak memory.
+    let mut expected = 0;
+    for (path, _) in &files {
+        expected += row_count(path)?;
+    }
+    let mut acc = DayAccumulator::with_capacity(expected);
     let mut rows = 0;
     for (path, _) in &files {
         for_each_silver(path, |e| {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use clickstream_model::EventType;
 
-use crate::read::SilverEvent;
+use crate::read::{DedupKey, SilverEvent};
 
 /// How many products each top list keeps.
 pub const TOP_N: usize = 5;
@@ -178,7 +178,7 @@ fn round4(x: f64) -> f64 {
 pub fn dedup(mut events: Vec<SilverEvent>) -> Vec<SilverEvent> {
     events.sort_by_key(|e| (e.kafka_partition, e.kafka_offset));
     let mut seen = HashSet::with_capacity(events.len());
-    events.retain(|e| seen.insert((e.event_id, e.event_time_us)));
+    events.retain(|e| seen.insert(e.key()));
     events
 }
 
@@ -262,7 +262,7 @@ struct CategoryAcc {
 #[derive(Default)]
 pub struct DayAccumulator {
     /// (id, event time) keys added so far.
-    seen: HashSet<(u128, i64)>,
+    seen: HashSet<DedupKey>,
     events: i64,
     bot_events: i64,
     product_views: i64,
@@ -277,10 +277,18 @@ pub struct DayAccumulator {
 }
 
 impl DayAccumulator {
+    /// An empty accumulator whose dedup set has room for `events` keys.
+    pub fn with_capacity(events: usize) -> Self {
+        DayAccumulator {
+            seen: HashSet::with_capacity(events),
+            ..Default::default()
+        }
+    }
+
     /// Adds `e` unless an event with its id and time was added before; returns whether it
     /// was new.
     pub fn add(&mut self, e: &SilverEvent) -> bool {
-        if !self.seen.insert((e.event_id, e.event_time_us)) {
+        if !self.seen.insert(e.key()) {
             return false;
         }
         self.events += 1;

@@ -46,6 +46,23 @@ pub struct SilverEvent {
     pub kafka_offset: i64,
 }
 
+/// An event's dedup identity (id and event time in µs, as
+/// [`clickstream_model::EventKey`]) in 24 bytes: a `(u128, i64)` tuple pads to 32, and a
+/// day's set holds millions of them.
+pub type DedupKey = (u64, u64, i64);
+
+/// The [`DedupKey`] of event `id` at `t_us`.
+pub fn dedup_key(id: u128, t_us: i64) -> DedupKey {
+    ((id >> 64) as u64, id as u64, t_us)
+}
+
+impl SilverEvent {
+    /// This event's dedup identity.
+    pub fn key(&self) -> DedupKey {
+        dedup_key(self.event_id, self.event_time_us)
+    }
+}
+
 const SILVER_COLUMNS: [&str; 13] = [
     "event_id",
     "event_type",
@@ -75,6 +92,13 @@ fn batches(
         .with_batch_size(8192)
         .build()?;
     Ok(reader.map(|b| b.map_err(LakeError::from)))
+}
+
+/// Rows in a Parquet file, from its footer.
+pub fn row_count(path: &Path) -> Result<usize, LakeError> {
+    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as usize)
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, LakeError> {

@@ -54,7 +54,7 @@ pub fn batch_side(lake: &Lake, day: &str) -> Result<Sides, LakeError> {
     let mut out = Sides::new();
     for (path, _) in &files {
         for_each_silver(path, |e| {
-            if seen.insert((e.event_id, e.event_time_us)) {
+            if seen.insert(e.key()) {
                 add(&mut out, &e);
             }
         })?;

@@ -30,6 +30,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::layout::{sync_dir, Lake, Range};
+use crate::read::{dedup_key, DedupKey};
 use crate::schema::{
     bronze_schema, silver_schema, writer_properties, BronzeRows, RawRecord, SilverRows,
 };
@@ -121,9 +122,8 @@ impl OpenFile {
 /// of a whole day holds only the window's events.
 #[derive(Default)]
 struct Dedup {
-    /// Event keys: (id, event time in µs), as [`clickstream_model::EventKey`].
-    seen: HashSet<(u128, i64)>,
-    buckets: BTreeMap<i64, Vec<(u128, i64)>>,
+    seen: HashSet<DedupKey>,
+    buckets: BTreeMap<i64, Vec<DedupKey>>,
     newest_s: Option<i64>,
 }
 
@@ -135,8 +135,9 @@ impl Dedup {
         if s < newest.saturating_sub(window_s) {
             return;
         }
-        self.seen.insert((id, t_us));
-        self.buckets.entry(s).or_default().push((id, t_us));
+        let key = dedup_key(id, t_us);
+        self.seen.insert(key);
+        self.buckets.entry(s).or_default().push(key);
         if self.newest_s != Some(newest) {
             self.newest_s = Some(newest);
             while let Some(entry) = self.buckets.first_entry() {
@@ -151,7 +152,7 @@ impl Dedup {
     }
 
     fn contains(&self, id: u128, t_us: i64) -> bool {
-        self.seen.contains(&(id, t_us))
+        self.seen.contains(&dedup_key(id, t_us))
     }
 }
 
