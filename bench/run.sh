@@ -12,7 +12,7 @@
 # Settings: BENCH_EVENTS (generator runs, default 5000000), BENCH_PROCESSOR_EVENTS
 # (default 2000000), BENCH_LATENCY_SECONDS (default 60), BENCH_LAKE_EVENTS (default 5000000),
 # BENCH_INSTANCES (processor instance counts, default "1 2"), BENCH_PROCESS_FLAGS (extra
-# `process` flags, e.g. "--no-audit"). Uses the local stack
+# `process` flags, e.g. "--audit"). Uses the local stack
 # (dev/stack.sh up is run first), a fresh topic per run and a scratch database
 # `clickstream_bench` (dropped and re-created).
 set -euo pipefail
@@ -28,29 +28,37 @@ PROBE=${CARGO_TARGET_DIR:-$ROOT/target}/release/latency-probe
 dev/stack.sh up >&2
 load_env
 
-# Runs the command, prints "<records/s> <peak RSS MB>" parsed from the summary and time(1).
+# Runs the command, prints "<records/s> <peak RSS MB> <CPU s per million records>" parsed
+# from the summary and time(1); $1 is the record count.
 measure() {
-    local out rss rate
-    out=$(/usr/bin/time -f 'RSS_KB=%M' "$@" 2>&1 >/dev/null)
+    local n=$1 out rss rate cpu
+    shift
+    out=$(/usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' "$@" 2>&1 >/dev/null)
     rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$out" | cut -d= -f2)
+    cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$out" | cut -d= -f2)
     rate=$(grep -o '([0-9]*/s' <<<"$out" | tr -dc '0-9')
     [ -n "$rate" ] || { echo "$out" >&2; die "no summary line"; }
-    echo "$rate $((rss / 1024))"
+    echo "$rate $((rss / 1024)) $(cpu_per_m "$cpu" "$n")"
 }
+
+# CPU seconds ("1.5+0.3" from time(1), or a sum of such) per million of $2 records.
+cpu_per_m() { echo "scale=1; ($1) * 1000000 / $2" | bc; }
 
 machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "machine: $machine; $(date -u +%Y-%m-%d); records per run: $N"
 echo
-echo "| benchmark | settings | records/s | peak RSS |"
-echo "|---|---|---:|---:|"
+# Lines printed after the table.
+notes=()
+echo "| benchmark | settings | records/s | peak RSS | CPU s / M records |"
+echo "|---|---|---:|---:|---:|"
 if [ "$what" = generator ] || [ "$what" = all ]; then
-    read -r rate rss < <(measure "$BIN" generate --sink null --no-pacing --no-catalog --progress never -n "$N")
-    printf '| generate -> null sink (simulate + serialise JSON) | defaults, --no-pacing | %s | %s MB |\n' "$rate" "$rss"
+    read -r rate rss cpu < <(measure "$N" "$BIN" generate --sink null --no-pacing --no-catalog --progress never -n "$N")
+    printf '| generate -> null sink (simulate + serialise JSON) | defaults, --no-pacing | %s | %s MB | %s |\n' "$rate" "$rss" "$cpu"
     topic="bench.raw.$(date +%s)"
-    read -r rate rss < <(measure "$BIN" generate --sink kafka --topic "$topic" --no-pacing --no-catalog --progress never -n "$N")
-    printf '| generate -> local Kafka (acked, incl. final flush) | 6 partitions, lz4, linger 20 ms, idempotent | %s | %s MB |\n' "$rate" "$rss"
-    read -r rate rss < <(measure "$BIN" generate --sink kafka --topic "$topic.zstd" --compression zstd --no-pacing --no-catalog --progress never -n "$N")
-    printf '| generate -> local Kafka, zstd | as above, zstd | %s | %s MB |\n' "$rate" "$rss"
+    read -r rate rss cpu < <(measure "$N" "$BIN" generate --sink kafka --topic "$topic" --no-pacing --no-catalog --progress never -n "$N")
+    printf '| generate -> local Kafka (acked, incl. final flush) | 6 partitions, lz4, linger 20 ms, idempotent | %s | %s MB | %s |\n' "$rate" "$rss" "$cpu"
+    read -r rate rss cpu < <(measure "$N" "$BIN" generate --sink kafka --topic "$topic.zstd" --compression zstd --no-pacing --no-catalog --progress never -n "$N")
+    printf '| generate -> local Kafka, zstd | as above, zstd | %s | %s MB | %s |\n' "$rate" "$rss" "$cpu"
 fi
 
 if [ "$what" = processor ] || [ "$what" = all ]; then
@@ -97,10 +105,8 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         rate=$(echo "($P - $cf) / ($t1 - $tf)" | bc)
         whole=$(echo "$P / ($t1 - $t0)" | bc)
         startup=$(echo "scale=1; ($tf - $t0) / 1" | bc)
-        cpu_per_m=$(echo "scale=1; $cpu * 1000000 / $P" | bc)
-        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, sustained) | %s instance(s), batch <= 25,000 / 250 ms, %s | %s | %s MB per instance |\n' "$P" "$inst" "${BENCH_PROCESS_FLAGS:-defaults}" "$rate" "$((rss / 1024))"
-        echo "with $inst instance(s): ${whole} records/s including ${startup} s from start to the first commit"
-        echo "processor CPU with $inst instance(s): ${cpu_per_m} CPU-seconds per million records (user+sys, all instances)"
+        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, sustained) | %s instance(s), batch <= 25,000 / 250 ms, %s | %s | %s MB per instance | %s |\n' "$P" "$inst" "${BENCH_PROCESS_FLAGS:-defaults}" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$P")"
+        notes+=("with $inst instance(s): ${whole} records/s including ${startup} s from start to the first commit")
     done
 
 
@@ -115,7 +121,10 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
     lat=$("$PROBE" --topic "$topic" --group "lat-$stamp" --duration "$LAT" --skip 5)
     wait "$gpid" || true
     kill -TERM "$ppid"; wait "$ppid" || true
-    echo "latency at 5,000 events/s for ${LAT}s (produce time -> PostgreSQL commit, 5 ms polling): $lat"
+    field() { grep -o "$1=[0-9]*" <<<"$lat" | cut -d= -f2; }
+    notes+=("" "| latency: produce -> PostgreSQL commit (5 ms polling) | records | p50 | p90 | p99 | max | uncommitted |"
+        "|---|---:|---:|---:|---:|---:|---:|"
+        "| 5,000 events/s for ${LAT} s, 1 instance, defaults | $(field records) | $(field p50_ms) ms | $(field p90_ms) ms | $(field p99_ms) ms | $(field max_ms) ms | $(field uncommitted) |")
     fi
 fi
 
@@ -135,15 +144,18 @@ if [ "$what" = lake ] || [ "$what" = all ]; then
     rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-lake-time.txt" | cut -d= -f2)
     rate=$(echo "$L / ($t1 - $t0)" | bc)
     size=$(du -sm "$dir/bronze" | cut -f1)/$(du -sm "$dir/silver" | cut -f1)
-    printf '| lake: Kafka -> bronze + silver Parquet (zstd), %s-record backlog | 1 writer, 6 partitions, row groups of 65,536 | %s | %s MB |\n' "$L" "$rate" "$((rss / 1024))"
+    cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-lake-time.txt" | cut -d= -f2)
+    printf '| lake: Kafka -> bronze + silver Parquet (zstd), %s-record backlog | 1 writer, 6 partitions, row groups of 65,536 | %s | %s MB | %s |\n' "$L" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
     t0=$(date +%s.%N)
-    /usr/bin/time -f 'RSS_KB=%M' -o "$STATE/bench-batch-time.txt" \
+    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-batch-time.txt" \
         "$BIN" batch --date "$day" --lake-dir "$dir" --no-postgres 2>"$STATE/bench-batch.log"
     t1=$(date +%s.%N)
     rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-batch-time.txt" | cut -d= -f2)
     secs=$(echo "scale=1; ($t1 - $t0) / 1" | bc)
     rate=$(echo "$L / ($t1 - $t0)" | bc)
-    printf '| batch: one day of silver -> gold Parquet (%s events, %s s) | all gold tables, 30-day user history | %s | %s MB |\n' "$L" "$secs" "$rate" "$((rss / 1024))"
-    echo "lake size for $L records: bronze/silver $size MB"
+    cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-batch-time.txt" | cut -d= -f2)
+    printf '| batch: one day of silver -> gold Parquet (%s events, %s s) | all gold tables, 30-day user history | %s | %s MB | %s |\n' "$L" "$secs" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
+    notes+=("lake size for $L records: bronze/silver $size MB")
     rm -rf "$dir"
 fi
+for line in "${notes[@]}"; do echo "$line"; done
