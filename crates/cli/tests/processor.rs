@@ -361,6 +361,10 @@ async fn results_equal_an_independent_reference() {
         value("clickstream_processor_flash_sale_alerts_total"),
         want.alerts.len() as f64
     );
+    // Re-sends of the in-flight batch are caught in memory, not by a failed COPY and a
+    // retry: an undisturbed run abandons nothing.
+    assert!(metrics.contains("\nclickstream_processor_batches_abandoned_total "));
+    assert_eq!(value("clickstream_processor_batches_abandoned_total"), 0.0);
     let status = clickstream()
         .args([
             "status",
