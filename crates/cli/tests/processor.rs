@@ -321,6 +321,22 @@ fn assert_exact(want: &Expected, got: &Expected) {
     assert!(want.rejected.len() > 100);
 }
 
+/// `clickstream status` of `group` on `topic`, as the reader role.
+fn run_status(s: &Services, db: &TestDb, group: &str, topic: &str) -> std::process::Output {
+    clickstream()
+        .args(["status", "--database-url", &db.reader_url])
+        .args([
+            "--bootstrap",
+            &s.bootstrap,
+            "--group",
+            group,
+            "--topic",
+            topic,
+        ])
+        .output()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn results_equal_an_independent_reference() {
     let s = services();
@@ -365,17 +381,7 @@ async fn results_equal_an_independent_reference() {
     // retry: an undisturbed run abandons nothing.
     assert!(metrics.contains("\nclickstream_processor_batches_abandoned_total "));
     assert_eq!(value("clickstream_processor_batches_abandoned_total"), 0.0);
-    let status = clickstream()
-        .args([
-            "status",
-            "--database-url",
-            &db.reader_url,
-            "--bootstrap",
-            &s.bootstrap,
-        ])
-        .args(["--group", &group, "--topic", &topic])
-        .output()
-        .unwrap();
+    let status = run_status(&s, &db, &group, &topic);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.status.success(),
@@ -390,17 +396,7 @@ async fn results_equal_an_independent_reference() {
 
     p.stop();
     assert_exact(&want, &actual(&db).await);
-    let after = clickstream()
-        .args([
-            "status",
-            "--database-url",
-            &db.reader_url,
-            "--bootstrap",
-            &s.bootstrap,
-        ])
-        .args(["--group", &group, "--topic", &topic])
-        .output()
-        .unwrap();
+    let after = run_status(&s, &db, &group, &topic);
     let text = String::from_utf8_lossy(&after.stdout);
     assert!(
         text.contains("(stopped)"),
@@ -608,24 +604,10 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
             tweak(|v| v["product_id"] = json!("p".repeat(300))),
         ),
     ];
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &s.bootstrap)
-        .set("message.max.bytes", "4194304")
-        .create()
-        .unwrap();
     let mut payloads = vec![good_event(6)];
     payloads.extend(corpus.iter().map(|(_, p)| p.clone()));
     payloads.push(good_event(4));
-    for p in &payloads {
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(&topic)
-                    .key(b"k".as_slice())
-                    .payload(p.as_slice()),
-            )
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    produce_all(&s, &topic, &payloads);
 
     let group = unique("g");
     let mut p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
@@ -698,6 +680,7 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
 fn produce_all(s: &Services, topic: &str, payloads: &[Vec<u8>]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &s.bootstrap)
+        .set("message.max.bytes", "4194304")
         .create()
         .unwrap();
     for p in payloads {
