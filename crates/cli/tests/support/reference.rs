@@ -61,6 +61,7 @@ pub struct Expected {
     pub distinct_events: usize,
 }
 
+/// Its own copy of the bot markers: the reference shares no code with the processor.
 pub fn is_bot(ua: Option<&str>) -> bool {
     let ua = ua.unwrap_or("").to_lowercase();
     [
