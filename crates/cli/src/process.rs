@@ -84,9 +84,15 @@ pub struct ProcessArgs {
         default_value = "127.0.0.1:9187"
     )]
     metrics_addr: SocketAddr,
-    /// Extra librdkafka consumer property `key=value` (repeatable).
+    /// Extra librdkafka consumer property `key=value` (repeatable; `security.*`,
+    /// `ssl.*`, `sasl.*`, `socket.*`, `client.*` and `broker.*` ones also reach the
+    /// dead-letter producer and topic creation).
     #[arg(long = "kafka-opt", value_parser = crate::parse_kv)]
     kafka_opts: Vec<(String, String)>,
+    /// Longest wait between retries while batches fail (the wait starts at 200 ms and
+    /// doubles per consecutive failure).
+    #[arg(long, env = "CLICKSTREAM_RETRY_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_max_backoff: Duration,
 }
 
 pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
@@ -119,6 +125,7 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
             .instance_id
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         kafka_opts: args.kafka_opts,
+        retry_max_backoff: args.retry_max_backoff,
     };
 
     let mut registry = Registry::default();

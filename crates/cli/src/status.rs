@@ -77,7 +77,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             "SELECT instance_id, extract(epoch FROM now() - last_commit_at)::float8,
                     extract(epoch FROM last_seen_at - started_at)::float8,
                     batches, records, events, rejected, duplicates, late,
-                    extract(epoch FROM now() - last_seen_at)::float8, stopped_at IS NOT NULL
+                    extract(epoch FROM now() - last_seen_at)::float8, stopped_at IS NOT NULL,
+                    consecutive_failures, extract(epoch FROM now() - stalled_since)::float8,
+                    last_error
                FROM analytics.processor_heartbeat WHERE consumer_group = $1
               ORDER BY last_seen_at DESC",
             &[&args.source.group],
@@ -107,6 +109,14 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             r.get::<_, i64>(7),
             r.get::<_, i64>(8),
         );
+        let failures: i32 = r.get(11);
+        if failures > 0 {
+            println!(
+                "  STALLED for {:.0}s: {failures} failed attempts in a row; last error: {}",
+                r.get::<_, Option<f64>>(12).unwrap_or(0.0),
+                r.get::<_, Option<String>>(13).unwrap_or_default(),
+            );
+        }
     }
     Ok(())
 }

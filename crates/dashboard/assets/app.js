@@ -117,6 +117,12 @@ function render(s) {
     banner("warn", [h("strong", {}, "The stream processor is not running"),
       ` (group ${hl.group}): the numbers below are not moving.${seen} Start `,
       h("code", {}, "clickstream process"), "."]);
+  } else if (hl.instances.some((i) => i.running && i.consecutive_failures > 0)) {
+    const st = hl.instances.find((i) => i.running && i.consecutive_failures > 0);
+    status("bad", "stalled");
+    banner("bad", [h("strong", {}, "The stream processor is stalled"),
+      ` (${st.instance_id}): ${st.consecutive_failures} failed attempts in a row since ${ago(st.stalled_seconds)}; it retries with backoff. Last error: `,
+      h("code", {}, st.last_error || "unknown")]);
   } else {
     status("live", "live");
     banner(null);
@@ -229,7 +235,9 @@ function renderHealth(hl) {
   if (!hl.instances.length) inst.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No processor has ever run for this group.")));
   else inst.replaceChildren(...hl.instances.slice(0, 8).map((i) => h("tr", {},
     h("td", {}, i.instance_id),
-    h("td", { class: i.running ? "state-ok" : "state-bad" }, i.running ? "running" : (i.stopped ? "stopped " : "silent since ") + ago(i.seen_seconds_ago)),
+    i.running && i.consecutive_failures > 0
+      ? h("td", { class: "state-bad", title: i.last_error || "" }, `stalled since ${ago(i.stalled_seconds)} (${i.consecutive_failures} failures)`)
+      : h("td", { class: i.running ? "state-ok" : "state-bad" }, i.running ? "running" : (i.stopped ? "stopped " : "silent since ") + ago(i.seen_seconds_ago)),
     h("td", { class: "num" }, ago(i.commit_seconds_ago)),
     h("td", { class: "num" }, num(i.events)))));
 }

@@ -585,6 +585,12 @@ pub struct Instance {
     pub running: bool,
     /// Distinct events it applied since it started.
     pub events: i64,
+    /// Failed batch attempts since its last commit (0 while healthy).
+    pub consecutive_failures: i32,
+    /// Seconds since its current run of failures began (`None` while healthy).
+    pub stalled_seconds: Option<f64>,
+    /// Its latest error while stalled.
+    pub last_error: Option<String>,
 }
 
 /// Pipeline health: progress per partition, instances, dead letters.
@@ -636,7 +642,8 @@ pub async fn health(
         c.query(
             "SELECT instance_id, extract(epoch FROM now() - last_seen_at)::float8,
                     extract(epoch FROM now() - last_commit_at)::float8, events,
-                    stopped_at IS NOT NULL
+                    stopped_at IS NOT NULL, consecutive_failures,
+                    extract(epoch FROM now() - stalled_since)::float8, last_error
                FROM analytics.processor_heartbeat WHERE consumer_group = $1
               ORDER BY last_seen_at DESC LIMIT 50",
             &gt[..1],
@@ -691,6 +698,9 @@ pub async fn health(
                 stopped,
                 running: !stopped && seen <= stale_after_secs,
                 events: r.get(3),
+                consecutive_failures: r.get(5),
+                stalled_seconds: r.get(6),
+                last_error: r.get(7),
             }
         })
         .collect();

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledger_by_time",
         sql: include_str!("../../../db/migrations/0005_ledger_by_time.sql"),
     },
+    Migration {
+        version: 6,
+        name: "resilience",
+        sql: include_str!("../../../db/migrations/0006_resilience.sql"),
+    },
 ];
 
 /// The application roles the migrations create.

@@ -163,6 +163,14 @@ pub enum RejectReason {
         /// The limit.
         limit: usize,
     },
+    /// A text field holds a control character (U+0000-U+001F, U+007F-U+009F).
+    /// PostgreSQL's `text` refuses U+0000 outright, and no identifier, label or header a
+    /// browser sends carries the others.
+    #[error("field `{field}` contains a control character")]
+    ControlCharacter {
+        /// Field name.
+        field: &'static str,
+    },
     /// Structurally invalid in a way none of the above names (e.g. a duplicated key).
     #[error("malformed event: {0}")]
     Malformed(String),
@@ -170,7 +178,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason code, for documentation and coverage tests.
-    pub const ALL_CODES: [&'static str; 21] = [
+    pub const ALL_CODES: [&'static str; 22] = [
         "empty_payload",
         "too_large",
         "not_utf8",
@@ -191,6 +199,7 @@ impl RejectReason {
         "invalid_quantity",
         "amount_mismatch",
         "bad_field_length",
+        "control_character",
         "malformed",
     ];
 
@@ -217,6 +226,7 @@ impl RejectReason {
             RejectReason::InvalidQuantity(_) => "invalid_quantity",
             RejectReason::AmountMismatch { .. } => "amount_mismatch",
             RejectReason::BadFieldLength { .. } => "bad_field_length",
+            RejectReason::ControlCharacter { .. } => "control_character",
             RejectReason::Malformed(_) => "malformed",
         }
     }
@@ -230,7 +240,8 @@ impl RejectReason {
             | RejectReason::InvalidUuid { field }
             | RejectReason::NegativeAmount { field }
             | RejectReason::AmountTooLarge { field }
-            | RejectReason::BadFieldLength { field, .. } => Some(field),
+            | RejectReason::BadFieldLength { field, .. }
+            | RejectReason::ControlCharacter { field } => Some(field),
             RejectReason::UnknownEventType(_) => Some("event_type"),
             RejectReason::InvalidTimestamp
             | RejectReason::TimestampTooOld(_)
@@ -377,7 +388,7 @@ fn explain_parse_failure(text: &str, typed_err: serde_json::Error) -> RejectReas
                 RejectReason::NonFiniteNumber
             } else {
                 RejectReason::NotJson {
-                    detail: e.to_string(),
+                    detail: printable(&e.to_string(), 200),
                 }
             };
         }
@@ -395,7 +406,7 @@ fn explain_parse_failure(text: &str, typed_err: serde_json::Error) -> RejectReas
             }
         }
     }
-    RejectReason::Malformed(typed_err.to_string())
+    RejectReason::Malformed(printable(&typed_err.to_string(), 200))
 }
 
 /// Whether `text` has a bare `NaN` / `Infinity` token outside strings (Python's `json`
@@ -447,6 +458,7 @@ fn text(
 ) -> Result<Option<Arc<str>>, RejectReason> {
     match v {
         None => Ok(None),
+        Some(s) if s.chars().any(char::is_control) => Err(RejectReason::ControlCharacter { field }),
         Some(s) if s.is_empty() || s.chars().count() > limit => {
             Err(RejectReason::BadFieldLength { field, limit })
         }
@@ -486,14 +498,14 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
 
     let event_type: EventType = event_type
         .parse()
-        .map_err(|()| RejectReason::UnknownEventType(truncate(&event_type, 64)))?;
+        .map_err(|()| RejectReason::UnknownEventType(printable(&event_type, 64)))?;
     let event_id = uuid(&event_id, "event_id")?;
     let user_id = uuid(&user_id, "user_id")?;
     let session_id = uuid(&session_id, "session_id")?;
 
     let ts = EventTime::parse_rfc3339(&timestamp).ok_or(RejectReason::InvalidTimestamp)?;
     if ts.as_micros() < policy.now.as_micros().saturating_sub(policy.max_age_micros) {
-        return Err(RejectReason::TimestampTooOld(truncate(&timestamp, 40)));
+        return Err(RejectReason::TimestampTooOld(printable(&timestamp, 40)));
     }
     if ts.as_micros()
         > policy
@@ -501,7 +513,7 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
             .as_micros()
             .saturating_add(policy.max_future_micros)
     {
-        return Err(RejectReason::TimestampInFuture(truncate(&timestamp, 40)));
+        return Err(RejectReason::TimestampInFuture(printable(&timestamp, 40)));
     }
 
     let needs_product = event_type.requires_product();
@@ -579,8 +591,19 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
     })
 }
 
-fn truncate(s: &str, max_chars: usize) -> String {
-    s.chars().take(max_chars).collect()
+/// At most `max_chars` characters of untrusted text, with control characters written as
+/// `\u{..}` escapes: rejection details are stored in PostgreSQL `text` columns and Kafka
+/// headers, which must never receive raw input (U+0000 alone would make the row unstorable).
+pub fn printable(s: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max_chars));
+    for c in s.chars().take(max_chars) {
+        if c.is_control() {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -165,8 +165,17 @@ impl ProducerContext for DlqContext {
     }
 }
 
-/// Producer for `clickstream.dlq`: the original key and value, untouched, with the reason
-/// and the source position in headers.
+/// Largest record value written to the dead-letter topic: under the broker's default
+/// 1 MB message limit even when it does not compress. Longer values are cut to this and
+/// described by headers (`original.size`, `original.sha256`).
+pub const DLQ_MAX_PAYLOAD: usize = 512 * 1024;
+/// Largest record key written to the dead-letter topic (keys are ids; longer ones are cut
+/// and described by `original.key.size`).
+pub const DLQ_MAX_KEY: usize = 1024;
+
+/// Producer for the dead-letter topic: the original key and value (cut to
+/// [`DLQ_MAX_PAYLOAD`] / [`DLQ_MAX_KEY`] if longer), lz4-compressed, with the reason and
+/// the source position in headers.
 pub struct DeadLetters {
     producer: BaseProducer<DlqContext>,
     counts: Arc<DeliveryCounts>,
@@ -175,21 +184,32 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// An idempotent producer to `topic`.
-    pub fn new(bootstrap: &str, topic: &str, source_topic: &str) -> Result<Self, KafkaError> {
+    /// An idempotent producer to the configured dead-letter topic.
+    pub fn new(cfg: &crate::ProcessorConfig) -> Result<Self, KafkaError> {
         let counts = Arc::new(DeliveryCounts::default());
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let mut pc = ClientConfig::new();
+        pc.set("bootstrap.servers", &cfg.bootstrap)
             .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("socket.nagle.disable", "true")
-            .set("message.max.bytes", "4194304")
-            .create_with_context(DlqContext(counts.clone()))?;
+            .set("message.max.bytes", "2097152")
+            // An unreachable dead-letter topic is reported within seconds, not after
+            // librdkafka's default five minutes, so the batch can go on without it.
+            .set("message.timeout.ms", "10000");
+        for (k, v) in cfg
+            .kafka_opts
+            .iter()
+            .filter(|(k, _)| crate::run::is_common_property(k))
+        {
+            pc.set(k, v);
+        }
+        let producer = pc.create_with_context(DlqContext(counts.clone()))?;
         Ok(DeadLetters {
             producer,
             counts,
-            topic: topic.to_string(),
-            source_topic: source_topic.to_string(),
+            topic: cfg.dlq_topic.clone(),
+            source_topic: cfg.topic.clone(),
         })
     }
 
@@ -197,63 +217,82 @@ impl DeadLetters {
     /// commits only after that, so a crash can only repeat a dead letter, never lose one.
     pub fn send_all(&self, rejected: &[Rejected]) -> Result<(), ProcessorError> {
         for r in rejected {
-            let partition = r.partition.to_string();
-            let offset = r.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "reason",
-                    value: Some(r.reason),
-                })
-                .insert(Header {
-                    key: "detail",
-                    value: Some(r.detail.as_str()),
-                })
-                .insert(Header {
-                    key: "source.topic",
-                    value: Some(self.source_topic.as_str()),
-                })
-                .insert(Header {
-                    key: "source.partition",
-                    value: Some(partition.as_str()),
-                })
-                .insert(Header {
-                    key: "source.offset",
-                    value: Some(offset.as_str()),
-                });
-            let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
-                .payload(r.payload.as_slice())
-                .headers(headers);
-            if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
-            }
-            let mut record = record;
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        back,
-                    )) => {
-                        self.producer.poll(Duration::from_millis(10));
-                        record = back;
-                    }
-                    Err((e, _)) => return Err(ProcessorError::DeadLetter(e.to_string())),
-                }
-            }
+            let letter = Letter::new(r.key.as_deref(), &r.payload, r.payload.len());
+            self.send(&letter, r.reason, &r.detail, r.partition, r.offset)?;
         }
         Ok(())
     }
 
-    /// Waits until the broker has every dead letter queued so far; fails if any was refused.
-    pub fn confirm(&self) -> Result<(), ProcessorError> {
+    /// Queues one dead letter.
+    pub fn send(
+        &self,
+        letter: &Letter<'_>,
+        reason: &str,
+        detail: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), ProcessorError> {
+        let partition = partition.to_string();
+        let offset = offset.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "detail",
+                value: Some(detail),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(self.source_topic.as_str()),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(offset.as_str()),
+            });
+        for (key, value) in &letter.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            });
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+            .payload(letter.payload)
+            .headers(headers);
+        if let Some(k) = letter.key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+                Err((e, _)) => return Err(ProcessorError::DeadLetter(e.to_string())),
+            }
+        }
+    }
+
+    /// Waits until the broker has every dead letter queued so far; fails if any was refused
+    /// or none came back within `timeout`.
+    pub fn confirm(&self, timeout: Duration) -> Result<(), ProcessorError> {
         // Not `flush`: it sleeps in 100 ms steps, a fixed cost per batch; `poll` returns as
         // soon as a delivery report is served.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         while self.producer.in_flight_count() > 0 {
             if Instant::now() > deadline {
-                return Err(ProcessorError::DeadLetter(
-                    "no acknowledgement from Kafka within 30 s".into(),
-                ));
+                return Err(ProcessorError::DeadLetter(format!(
+                    "no acknowledgement from Kafka within {timeout:?}"
+                )));
             }
             self.producer.poll(Duration::from_millis(5));
         }
@@ -268,5 +307,86 @@ impl DeadLetters {
             return Err(ProcessorError::DeadLetter(first));
         }
         Ok(())
+    }
+}
+
+/// A dead letter's key and value as written: cut to the topic's bounds when longer, with
+/// headers that describe the original.
+#[derive(Debug)]
+pub struct Letter<'a> {
+    /// Key, at most [`DLQ_MAX_KEY`] bytes.
+    pub key: Option<&'a [u8]>,
+    /// Value, at most [`DLQ_MAX_PAYLOAD`] bytes.
+    pub payload: &'a [u8],
+    /// Extra headers describing what was cut.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Letter<'a> {
+    /// The letter for a record whose value was `original_size` bytes long; `payload` may
+    /// already be a prefix of it (as stored in `rejected_events`).
+    pub fn new(key: Option<&'a [u8]>, payload: &'a [u8], original_size: usize) -> Self {
+        let mut headers = Vec::new();
+        let key = key.map(|k| {
+            if k.len() > DLQ_MAX_KEY {
+                headers.push(("original.key.size", k.len().to_string()));
+                &k[..DLQ_MAX_KEY]
+            } else {
+                k
+            }
+        });
+        let whole = payload.len() == original_size;
+        let mut payload = payload;
+        if payload.len() > DLQ_MAX_PAYLOAD || !whole {
+            headers.push(("truncated", "true".into()));
+            headers.push(("original.size", original_size.to_string()));
+            if whole {
+                headers.push(("original.sha256", sha256_hex(payload)));
+            }
+            payload = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
+        }
+        Letter {
+            key,
+            payload,
+            headers,
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn long_records_are_cut_and_described() {
+        let big = vec![b'x'; 2 * 1024 * 1024];
+        let key = vec![b'k'; 5000];
+        let l = Letter::new(Some(&key), &big, big.len());
+        assert_eq!(l.payload.len(), DLQ_MAX_PAYLOAD);
+        assert_eq!(l.key.unwrap().len(), DLQ_MAX_KEY);
+        let h: HashMap<_, _> = l.headers.into_iter().collect();
+        assert_eq!(h["original.size"], "2097152");
+        assert_eq!(h["original.key.size"], "5000");
+        assert_eq!(h["original.sha256"].len(), 64);
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let small = Letter::new(None, b"{}", 2);
+        assert!(small.headers.is_empty());
+        // A prefix stored in PostgreSQL is marked as cut, without a hash of the prefix.
+        let stored = Letter::new(None, &big[..1000], big.len());
+        let h: HashMap<_, _> = stored.headers.into_iter().collect();
+        assert_eq!(h["truncated"], "true");
+        assert!(!h.contains_key("original.sha256"));
     }
 }

@@ -12,7 +12,8 @@
 //!   partition assignment, and the dead-letter producer.
 //! - [`alerts`]: where flash-sale alerts go besides their table ([`AlertSink`]).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
-//! - [`run`]: the micro-batch loop.
+//! - [`retry`]: backoff and the stall state, and isolating records PostgreSQL refuses.
+//! - [`run`]: the micro-batch loop (consumer, batch transaction, housekeeping).
 //!
 //! # Exactly once
 //!
@@ -26,6 +27,7 @@ pub mod alerts;
 pub mod engine;
 pub mod kafka;
 pub mod metrics;
+pub mod retry;
 pub mod run;
 pub mod store;
 
@@ -62,12 +64,23 @@ pub enum ProcessorError {
         /// Offset in storage.
         found: Option<i64>,
     },
+    /// Seeking back to the stored offset failed (the reset is retried).
+    #[error("seeking partition {partition} to its stored offset failed: {error}")]
+    Seek {
+        /// Partition.
+        partition: i32,
+        /// What librdkafka said.
+        error: rdkafka::error::KafkaError,
+    },
     /// Restoring state on partition assignment failed.
     #[error("restoring partition state failed: {0}")]
     Restore(String),
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
+    /// A bug: an invariant of the processor did not hold.
+    #[error("internal error (a bug): {0}")]
+    Internal(String),
 }
 
 impl ProcessorError {
@@ -80,6 +93,27 @@ impl ProcessorError {
                 | ProcessorError::Db(clickstream_db::DbError::Postgres(_))
                 | ProcessorError::Fenced { .. }
                 | ProcessorError::DeadLetter(_)
+                | ProcessorError::Seek { .. }
         )
+    }
+
+    /// PostgreSQL's SQLSTATE, when PostgreSQL reported the error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let e = match self {
+            ProcessorError::Postgres(e)
+            | ProcessorError::Db(clickstream_db::DbError::Postgres(e)) => e,
+            _ => return None,
+        };
+        e.code().map(tokio_postgres::error::SqlState::code)
+    }
+
+    /// PostgreSQL refused the data itself (SQLSTATE class 22, data exception, or 23,
+    /// integrity constraint violation): retrying the same batch unchanged can succeed only
+    /// if another instance's concurrent write caused it (a ledger key recorded twice), so
+    /// a batch that fails like this twice is split to isolate the records it cannot store.
+    /// The offset fence is not one of these: it is its own variant.
+    pub fn is_data_error(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|s| s.starts_with("22") || s.starts_with("23"))
     }
 }

@@ -54,6 +54,15 @@ pub struct Metrics {
     pub alerts: Counter,
     /// Unix time of the last commit.
     pub last_commit: Gauge<f64, AtomicU64>,
+    /// Failed attempts since the last commit (0 while healthy).
+    pub consecutive_failures: Gauge,
+    /// Unix time of the first failure of the current stall (0 while healthy).
+    pub stalled_since: Gauge<f64, AtomicU64>,
+    /// Batches split to isolate records PostgreSQL refused.
+    pub batches_split: Counter,
+    /// Dead letters queued while the dead-letter topic was unreachable, delivered later
+    /// from `analytics.rejected_events`.
+    pub dlq_pending: Gauge,
 }
 
 impl Metrics {
@@ -74,6 +83,10 @@ impl Metrics {
             open_sessions: Gauge::default(),
             alerts: Counter::default(),
             last_commit: Gauge::default(),
+            consecutive_failures: Gauge::default(),
+            stalled_since: Gauge::default(),
+            batches_split: Counter::default(),
+            dlq_pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_processor");
         r.register(
@@ -141,6 +154,26 @@ impl Metrics {
             "last_commit_timestamp_seconds",
             "Unix time of the last commit",
             m.last_commit.clone(),
+        );
+        r.register(
+            "consecutive_failures",
+            "Failed batch attempts since the last commit (0 while healthy)",
+            m.consecutive_failures.clone(),
+        );
+        r.register(
+            "stalled_since_timestamp_seconds",
+            "Unix time of the first failure of the current stall (0 while healthy)",
+            m.stalled_since.clone(),
+        );
+        r.register(
+            "batches_split",
+            "Batches split to isolate records PostgreSQL refused",
+            m.batches_split.clone(),
+        );
+        r.register(
+            "dlq_pending_records",
+            "Dead letters recorded in PostgreSQL but not yet acknowledged by Kafka",
+            m.dlq_pending.clone(),
         );
         Arc::new(m)
     }

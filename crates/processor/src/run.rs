@@ -3,27 +3,41 @@
 //! one PostgreSQL transaction writes everything, while the loop prepares the next batch.
 //!
 //! Runs on a dedicated thread (librdkafka's consumer is blocking); PostgreSQL calls go
-//! through the runtime handle.
+//! through the runtime handle. The parts: [`consumer`] (Kafka setup, polling, resets),
+//! [`batch`] (one batch from records to a committed transaction), [`housekeeping`]
+//! (alerts, lag, heartbeat, pruning between batches); this module holds the loop and how
+//! it meets failure (see [`crate::retry`]).
 
-use std::collections::{HashMap, HashSet};
+mod batch;
+mod consumer;
+mod housekeeping;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream_model::{parse_event, EventKey, EventTime, ValidationPolicy};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use clickstream_model::EventTime;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Handle;
 use tokio_postgres::Client;
 
 use crate::alerts::AlertSink;
-use crate::engine::{dedup_batch, BatchOutput, EngineConfig, PartitionState, SourcedEvent};
-use crate::kafka::{Assignment, DeadLetters, RestoringContext};
-use crate::metrics::{Metrics, PartitionLabel, ReasonLabel};
-use crate::store::{self, AlertRule, Heartbeat, Position, Rejected};
+use crate::engine::{EngineConfig, PartitionState};
+use crate::kafka::{DeadLetters, RestoringContext};
+use crate::metrics::Metrics;
+use crate::retry::{FailedBatch, Splitter, Stall, Verdict};
+use crate::store::{self, AlertRule, Heartbeat};
 use crate::ProcessorError;
+use batch::{error_detail, InFlight};
+
+pub use batch::UNSTORABLE;
+pub(crate) use consumer::is_common_property;
+
+/// The first wait after a failure; it doubles per consecutive failure up to
+/// [`ProcessorConfig::retry_max_backoff`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Settings of one processor instance.
 #[derive(Debug, Clone)]
@@ -61,8 +75,11 @@ pub struct ProcessorConfig {
     pub session_timeout: Duration,
     /// This instance's name in heartbeats.
     pub instance_id: String,
-    /// Extra librdkafka consumer properties.
+    /// Extra librdkafka properties (security and addressing ones also reach the
+    /// dead-letter producer and the admin client).
     pub kafka_opts: Vec<(String, String)>,
+    /// Longest wait between attempts while failing (the wait doubles per failure).
+    pub retry_max_backoff: Duration,
 }
 
 /// What a run did, for the caller's log line.
@@ -103,6 +120,17 @@ struct Loop<'a> {
     alerts_closed_until: Option<EventTime>,
     totals: Heartbeat,
     started: chrono::DateTime<Utc>,
+    /// Failures since the last commit.
+    stall: Stall,
+    /// Batch size control for isolating records PostgreSQL refuses.
+    splitter: Splitter,
+    /// The last batch whose transaction failed, for the splitter.
+    last_failed: Option<FailedBatch>,
+    /// Since when the dead-letter topic has been unreachable (rejects are then committed
+    /// as pending and delivered by housekeeping).
+    dlq_down: Option<chrono::DateTime<Utc>>,
+    /// When housekeeping next tries to deliver pending dead letters, and the wait after.
+    dlq_retry: (Instant, Duration),
 }
 
 /// Runs until `stop` is set. Retriable failures (PostgreSQL away, fenced by a rebalance)
@@ -130,49 +158,10 @@ pub fn run(
         &cfg.topic,
         cfg.engine,
     );
-    let mut kc = ClientConfig::new();
-    kc.set("bootstrap.servers", &cfg.bootstrap)
-        .set("group.id", &cfg.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set(
-            "session.timeout.ms",
-            cfg.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (cfg.session_timeout.as_millis() / 4).max(500).to_string(),
-        )
-        // librdkafka prefetches up to 64 MB per partition by default; 4 MB per partition
-        // keeps the processor well under 150 MB RSS at full speed (bench/run.sh; 8 MB gave
-        // the same throughput at ~160 MB). Override with --kafka-opt.
-        .set("queued.min.messages", "50000")
-        .set("queued.max.messages.kbytes", "4096")
-        // Without this, librdkafka waits 1 s before fetching again for a partition whose
-        // queue was full: with a bounded queue that pause, not PostgreSQL, set the pace.
-        .set("fetch.queue.backoff.ms", "10")
-        .set("max.partition.fetch.bytes", "4194304")
-        .set("client.id", &cfg.instance_id);
-    for (k, v) in &cfg.kafka_opts {
-        kc.set(k, v);
-    }
-    let consumer: BaseConsumer<RestoringContext> = kc.create_with_context(ctx)?;
-    let md = consumer.fetch_metadata(Some(&cfg.topic), Duration::from_secs(10))?;
-    let partition_count = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == cfg.topic)
-        .map_or(0, |t| t.partitions().len() as i32);
-    if partition_count == 0 {
-        return Err(ProcessorError::Config(format!(
-            "topic {} does not exist or has no partitions",
-            cfg.topic
-        )));
-    }
+    let consumer = consumer::create_consumer(cfg, ctx)?;
+    let partition_count = consumer::check_topics(cfg, &consumer, &handle)?;
     consumer.subscribe(&[&cfg.topic])?;
-    let dlq = DeadLetters::new(&cfg.bootstrap, &cfg.dlq_topic, &cfg.topic)?;
+    let dlq = DeadLetters::new(cfg)?;
     let mut l = Loop {
         cfg,
         shared: Arc::new(cfg.clone()),
@@ -188,6 +177,12 @@ pub fn run(
         alerts_closed_until: None,
         totals: Heartbeat::default(),
         started: Utc::now(),
+        stall: Stall::default(),
+        splitter: Splitter::new(cfg.batch_max_records),
+        last_failed: None,
+        dlq_down: None,
+        // Right away: a previous run may have left pending dead letters.
+        dlq_retry: (Instant::now(), housekeeping::DLQ_FIRST_BACKOFF),
     };
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -240,11 +235,11 @@ pub fn run(
                 // Dead letters were queued in `prepare`; their acknowledgements arrive
                 // while the batch is staged.
                 let pending = inflight.as_ref().map(|j| &j.keys);
-                match l
-                    .stage(p, pending)
-                    .and_then(|s| l.dlq.confirm().map(|()| s))
-                {
-                    Ok(s) => staged = Some(s),
+                match l.stage(p, pending) {
+                    Ok(mut s) => {
+                        s.confirm_dead_letters(&mut l);
+                        staged = Some(s);
+                    }
                     Err(e) => abandoned = Some(fatal_or(e)?),
                 }
             }
@@ -263,11 +258,9 @@ pub fn run(
             "loop iteration"
         );
         if let Some(e) = abandoned {
-            l.metrics.batches_abandoned.inc();
-            tracing::warn!(error = %e, "batch abandoned; reloading state and retrying");
             // The staged batch was applied to state that is reloaded now; it is read again.
             staged = None;
-            l.reset(&stop)?;
+            l.recover(&e, &stop)?;
         } else if reload {
             // Assigned while PostgreSQL was away: load state and seek (retrying) before
             // anything of those partitions is processed.
@@ -282,6 +275,7 @@ pub fn run(
                 tracing::warn!(error = %e, "evaluating alerts failed; will retry");
             }
             l.touch_heartbeat();
+            l.deliver_pending_dead_letters();
             last_lag = Instant::now();
         }
         if last_prune.elapsed() > Duration::from_secs(600) {
@@ -309,420 +303,108 @@ pub fn run(
 }
 
 impl Loop<'_> {
-    /// Takes over assignment changes; returns whether state must be reloaded first.
-    fn apply_assignment_changes(
-        &mut self,
-        changes: Vec<Assignment>,
-    ) -> Result<bool, ProcessorError> {
-        let mut reload = false;
-        for change in changes {
-            match change {
-                Assignment::Assigned(loaded) => {
-                    for (p, sp) in loaded {
-                        self.parts.insert(
-                            p,
-                            Part {
-                                stored_next: sp.next_offset,
-                                state: sp.state,
-                            },
-                        );
-                    }
-                }
-                Assignment::Revoked(ps) => {
-                    for p in &ps {
-                        self.parts.remove(p);
-                    }
-                }
-                Assignment::Reload(ps) => {
-                    for p in &ps {
-                        self.parts.remove(p);
-                    }
-                    reload = true;
-                }
-                Assignment::Failed(e) => return Err(ProcessorError::Restore(e)),
-            }
-        }
-        Ok(reload)
-    }
-
-    fn poll_batch(&self, stop: &AtomicBool) -> Result<Vec<Owned>, ProcessorError> {
-        let mut batch: Vec<Owned> = Vec::new();
-        let mut deadline: Option<Instant> = None;
-        while batch.len() < self.cfg.batch_max_records && !stop.load(Ordering::Relaxed) {
-            let wait = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(w) if !w.is_zero() => w,
-                    _ => break,
-                },
-                None => Duration::from_millis(200),
-            };
-            let msg = self.consumer.poll(wait).map(|r| {
-                r.map(|m| Owned {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                })
-            });
-            match msg {
-                None => {
-                    if deadline.is_none() {
-                        // Idle: hand back so the caller can refresh lag and check `stop`.
-                        return Ok(batch);
-                    }
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
-                Some(Ok(m)) => {
-                    // Ownership and already-committed offsets are checked after the
-                    // assignment changes are applied (`Prepared::retain_owned`).
-                    deadline.get_or_insert_with(|| Instant::now() + self.cfg.batch_max_wait);
-                    batch.push(m);
-                }
-            }
-        }
-        Ok(batch)
-    }
-
-    fn policy(&self) -> ValidationPolicy {
-        let mut p = ValidationPolicy::new(EventTime::now());
-        p.max_age_micros = self.cfg.max_event_age.as_micros() as i64;
-        p.max_future_micros = self.cfg.max_event_future.as_micros() as i64;
-        p.max_bytes = self.cfg.max_record_bytes;
-        p
-    }
-
-    /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
-    /// commit that covers them, so a crash can repeat a dead letter but never lose one).
-    fn prepare(&self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
-        let policy = self.policy();
-        let mut valid = Vec::with_capacity(batch.len());
-        let mut rejected = Vec::new();
-        let mut ends: HashMap<i32, i64> = HashMap::new();
-        let first_polled = Instant::now();
-        for r in batch.iter() {
-            ends.insert(r.partition, r.offset + 1);
-            match parse_event(&r.payload, &policy) {
-                Ok(event) => valid.push(SourcedEvent {
-                    event,
-                    partition: r.partition,
-                    offset: r.offset,
-                }),
-                Err(reason) => rejected.push(Rejected {
-                    partition: r.partition,
-                    offset: r.offset,
-                    reason: reason.code(),
-                    detail: reason.to_string(),
-                    key: r.key.clone(),
-                    payload: r.payload.clone(),
-                }),
-            }
-        }
-        let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
-        drop(batch);
-        let (valid, _) = dedup_batch(valid);
-        self.dlq.send_all(&rejected)?;
-        Ok(Prepared {
-            valid,
-            rejected,
-            ends,
-            offsets,
-            first_polled,
-        })
-    }
-
-    /// Finds the batch's re-sends of earlier events (the ledger's committed keys, plus the
-    /// in-flight batch's `pending` keys, which it cannot see yet) and applies the operators
-    /// to the rest, advancing the partitions' state.
-    fn stage(
-        &mut self,
-        p: Prepared,
-        pending: Option<&HashSet<EventKey>>,
-    ) -> Result<Staged, ProcessorError> {
-        let t0 = Instant::now();
-        if self.probe.as_ref().is_none_or(|c| c.is_closed()) {
-            self.probe = Some(
-                self.handle
-                    .block_on(clickstream_db::connect(&self.cfg.database_url))?,
-            );
-        }
-        let probe = self.probe.as_ref().expect("probe connection");
-        let mut known = self.handle.block_on(store::known_keys(probe, &p.valid))?;
-        if let Some(pending) = pending {
-            known.extend(
-                p.valid
-                    .iter()
-                    .map(|e| e.event.key())
-                    .filter(|k| pending.contains(k)),
-            );
-        }
-        let probed = t0.elapsed();
-        let mut fresh = p.valid;
-        if !known.is_empty() {
-            fresh.retain(|e| !known.contains(&e.event.key()));
-        }
-        let engine = &self.cfg.engine;
-        let mut out = BatchOutput::default();
-        for e in &fresh {
-            if let Some(part) = self.parts.get_mut(&e.partition) {
-                part.state.apply(e, engine, &mut out);
-            }
-        }
-        let mut positions = Vec::with_capacity(p.ends.len());
-        for (partition, next) in &p.ends {
-            if let Some(part) = self.parts.get_mut(partition) {
-                part.state.finish_batch(engine, &mut out);
-                positions.push(Position {
-                    partition: *partition,
-                    next_offset: *next,
-                    watermark: part.state.watermark,
-                    max_event_time: part.state.max_event_time,
-                });
-            }
-        }
-        let keys = fresh.iter().map(|e| e.event.key()).collect();
-        Ok(Staged {
-            fresh,
-            out,
-            positions,
-            rejected: p.rejected,
-            ends: p.ends,
-            records: p.offsets.len(),
-            first_polled: p.first_polled,
-            keys,
-            probe_time: probed,
-            apply_time: t0.elapsed() - probed,
-        })
-    }
-
-    /// Moves the connection and the staged batch into a task that runs its transaction.
-    fn start_transaction(&mut self, staged: Staged) -> InFlight {
-        let expected: HashMap<i32, Option<i64>> = staged
-            .ends
-            .keys()
-            .map(|p| (*p, self.parts.get(p).and_then(|x| x.stored_next)))
-            .collect();
-        let mut client = self.client.take();
-        let cfg = self.shared.clone();
-        let ctx = TxContext {
-            partition_count: self.partition_count,
-            alerts_since: self.alerts_closed_until,
-            totals: self.totals,
-            started: self.started,
+    /// After an abandoned batch: decide how to retry (unchanged, split, or with one record
+    /// dead-lettered as unstorable), reload state and seek back, and back off unless the
+    /// next attempt is a step of isolating a refused record.
+    fn recover(&mut self, e: &ProcessorError, stop: &AtomicBool) -> Result<(), ProcessorError> {
+        self.metrics.batches_abandoned.inc();
+        let detail = error_detail(e);
+        let verdict = match self.last_failed.take() {
+            Some(b) if e.is_data_error() => Some((b, self.splitter.data_error(b, &detail))),
+            _ => None,
         };
-        let mut staged = staged;
-        let keys = std::mem::take(&mut staged.keys);
-        let task = self.handle.spawn(async move {
-            let result = match client.as_mut() {
-                Some(c) => run_transaction(&cfg, c, &staged, &expected, ctx).await,
-                None => Err(ProcessorError::Config("no database connection".into())),
-            };
-            (client, staged, result)
-        });
-        InFlight { task, keys }
-    }
-
-    /// Waits for the transaction task, takes the connection back, and on success advances
-    /// the offsets the fence expects and tells Kafka, the metrics and the alert sinks.
-    fn finish(&mut self, job: InFlight) -> Result<(), ProcessorError> {
-        let (client, staged, result) = self
-            .handle
-            .block_on(job.task)
-            .map_err(|e| ProcessorError::Config(format!("transaction task failed: {e}")))?;
-        self.client = client;
-        let done = result?;
-        let cfg = self.cfg;
-        let records = staged.records;
-        let rejected = staged.rejected.len();
-        let applied = staged.fresh.len();
-        let late = staged.out.late.len();
-        let duplicates = records.saturating_sub(rejected + applied);
-        let mut tpl = TopicPartitionList::new();
-        for (p, next) in &staged.ends {
-            if let Some(part) = self.parts.get_mut(p) {
-                part.stored_next = Some(*next);
+        let wait = self.note_failure(e);
+        match verdict {
+            Some((b, Verdict::RetryOnce)) => tracing::warn!(
+                error = %detail,
+                records = b.records,
+                "PostgreSQL refused the batch's data; retrying it once"
+            ),
+            Some((b, Verdict::Split(next))) => {
+                self.metrics.batches_split.inc();
+                tracing::warn!(
+                    error = %detail,
+                    records = b.records,
+                    next_batch = next,
+                    "PostgreSQL refused the batch's data again; splitting it to isolate the records it cannot store"
+                );
             }
-            let _ = tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset(*next));
+            Some((_, Verdict::Unstorable((partition, offset)))) => tracing::error!(
+                partition,
+                offset,
+                error = %detail,
+                "PostgreSQL refuses this record on its own; dead-lettering it as `unstorable`"
+            ),
+            Some((_, Verdict::NotTheRecords)) | None => tracing::warn!(
+                error = %detail,
+                failures = self.stall.consecutive,
+                stalled_since = ?self.stall.since,
+                retry_in = ?wait,
+                "batch abandoned; reloading state and retrying after a pause"
+            ),
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "offset commit to kafka failed (PostgreSQL is authoritative)");
-        }
-        if done.closed_until.is_some() {
-            self.alerts_closed_until = done.closed_until.max(self.alerts_closed_until);
-        }
-        self.totals.batches += 1;
-        self.totals.records += records as i64;
-        self.totals.events += applied as i64;
-        self.totals.rejected += rejected as i64;
-        self.totals.duplicates += duplicates as i64;
-        self.totals.late += late as i64;
-        let m = &self.metrics;
-        m.commit_seconds.observe(done.phases[2].as_secs_f64());
-        m.batch_seconds
-            .observe(staged.first_polled.elapsed().as_secs_f64());
-        m.batches.inc();
-        m.batch_size.observe(records as f64);
-        m.records_in.inc_by(records as u64);
-        m.events_valid.inc_by(applied as u64);
-        m.duplicates.inc_by(duplicates as u64);
-        m.late.inc_by(late as u64);
-        for r in &staged.rejected {
-            m.rejected
-                .get_or_create(&ReasonLabel {
-                    reason: r.reason.to_string(),
-                })
-                .inc();
-        }
-        m.alerts.inc_by(done.alerts.len() as u64);
-        m.last_commit
-            .set(Utc::now().timestamp_micros() as f64 / 1e6);
-        m.open_sessions.set(
-            self.parts
-                .values()
-                .map(|p| p.state.open_sessions() as i64)
-                .sum(),
+        let isolating = matches!(
+            verdict,
+            Some((
+                _,
+                Verdict::RetryOnce | Verdict::Split(_) | Verdict::Unstorable(_)
+            ))
         );
-        for a in &done.alerts {
-            for s in &mut self.sinks {
-                s.raise(a);
-            }
-        }
-        tracing::debug!(
-            records,
-            applied,
-            rejected,
-            duplicates,
-            sessions = staged.out.sessions.len(),
-            probe_ms = staged.probe_time.as_millis() as u64,
-            apply_ms = staged.apply_time.as_millis() as u64,
-            ledger_ms = done.phases[0].as_millis() as u64,
-            write_ms = (done.phases[1] - done.phases[0]).as_millis() as u64,
-            tx_ms = done.phases[2].as_millis() as u64,
-            "batch committed"
-        );
-        Ok(())
-    }
-
-    /// After an abandoned batch: reload every assigned partition from PostgreSQL and seek
-    /// the consumer back to the stored offsets.
-    fn reset(&mut self, stop: &AtomicBool) -> Result<(), ProcessorError> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            // The batch connection too may have died with the server.
-            if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-                match self.handle.block_on(writer_connection(self.cfg)) {
-                    Ok(c) => self.client = Some(c),
-                    Err(e) if e.is_retriable() && !stop.load(Ordering::Relaxed) => {
-                        tracing::warn!(error = %e, ?backoff, "reconnecting to PostgreSQL failed; retrying");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let assigned: Vec<i32> = self
-                .consumer
-                .assignment()?
-                .elements_for_topic(&self.cfg.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            match self.consumer.context().load(&assigned) {
-                Ok(loaded) => {
-                    self.parts.clear();
-                    for (p, sp) in loaded {
-                        let offset = sp.next_offset.map_or(Offset::Beginning, Offset::Offset);
-                        if let Err(e) =
-                            self.consumer
-                                .seek(&self.cfg.topic, p, offset, Duration::from_secs(10))
-                        {
-                            tracing::warn!(partition = p, error = %e, "seek failed");
-                        }
-                        self.parts.insert(
-                            p,
-                            Part {
-                                stored_next: sp.next_offset,
-                                state: sp.state,
-                            },
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(e) if e.is_retriable() && !stop.load(Ordering::Relaxed) => {
-                    tracing::warn!(error = %e, ?backoff, "reloading state failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Raises alerts for windows closed since the last evaluation, in its own transaction.
-    fn evaluate_alerts(&mut self) -> Result<(), ProcessorError> {
-        let cfg = self.cfg;
-        let since = self.alerts_closed_until;
-        let count = self.partition_count;
-        let Some(client) = self.client.as_mut() else {
-            return Ok(());
-        };
-        let (alerts, gwm) = self.handle.clone().block_on(async {
-            let tx = client.transaction().await?;
-            let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, count).await?;
-            let mut alerts = Vec::new();
-            if let Some(g) = gwm.filter(|g| since.is_none_or(|c| *g > c)) {
-                alerts = store::raise_alerts(&tx, g, since, cfg.alert).await?;
-            }
-            tx.commit().await?;
-            Ok::<_, ProcessorError>((alerts, gwm))
-        })?;
-        if gwm.is_some() {
-            self.alerts_closed_until = gwm.max(since);
-        }
-        self.metrics.alerts.inc_by(alerts.len() as u64);
-        for a in &alerts {
-            for s in &mut self.sinks {
-                s.raise(a);
-            }
+        self.reset(stop)?;
+        if !isolating {
+            self.pause(wait, stop);
         }
         Ok(())
     }
 
-    fn update_lag(&self) {
-        for (p, part) in &self.parts {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1))
-            {
-                let lag = high - part.stored_next.unwrap_or(0);
-                self.metrics
-                    .lag
-                    .get_or_create(&PartitionLabel { partition: *p })
-                    .set(lag.max(0));
+    /// Records a failed attempt in the stall state and the metrics; returns the backoff.
+    fn note_failure(&mut self, e: &ProcessorError) -> Duration {
+        self.stall.failed(&error_detail(e));
+        self.metrics
+            .consecutive_failures
+            .set(i64::from(self.stall.consecutive));
+        if let Some(since) = self.stall.since {
+            self.metrics
+                .stalled_since
+                .set(since.timestamp_micros() as f64 / 1e6);
+        }
+        self.stall
+            .backoff(FIRST_BACKOFF, self.cfg.retry_max_backoff)
+    }
+
+    /// A batch committed: end the stall, if there was one, and say so.
+    fn recovered(&mut self) {
+        if let Some((failures, took)) = self.stall.recovered() {
+            tracing::info!(
+                failures,
+                stalled_for = %humanize(took),
+                "committing again after failures"
+            );
+        }
+        self.metrics.consecutive_failures.set(0);
+        self.metrics.stalled_since.set(0.0);
+    }
+
+    /// Waits `wait` (or until `stop`), keeping the heartbeat fresh so dashboards show a
+    /// stalled instance rather than a dead one.
+    fn pause(&self, wait: Duration, stop: &AtomicBool) {
+        let until = Instant::now() + wait;
+        let mut last_touch = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+            if last_touch.elapsed() >= Duration::from_secs(2) {
+                self.touch_heartbeat();
+                last_touch = Instant::now();
             }
         }
     }
+}
 
-    /// Liveness for dashboards and `status` while no batch commits (idle input).
-    fn touch_heartbeat(&self) {
-        let Some(client) = &self.client else { return };
-        let touch =
-            store::touch_heartbeat(client, &self.cfg.instance_id, &self.cfg.group, self.started);
-        if let Err(e) = self.handle.block_on(touch) {
-            tracing::debug!(error = %e, "heartbeat failed; the next commit writes it");
-        }
-    }
-
-    fn prune(&self) {
-        let horizon = EventTime::now()
-            .add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
-        let Some(client) = &self.client else { return };
-        match self.handle.block_on(store::prune_seen(client, horizon)) {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),
-        }
-    }
+fn humanize(d: chrono::Duration) -> String {
+    format!("{:.1}s", d.num_milliseconds() as f64 / 1000.0)
 }
 
 /// The connection batches are written on. Unless `durable_commits`, it commits
@@ -740,75 +422,6 @@ async fn writer_connection(cfg: &ProcessorConfig) -> Result<Client, ProcessorErr
     Ok(client)
 }
 
-/// A polled batch, validated and deduplicated, its rejects already dead-lettered.
-struct Prepared {
-    valid: Vec<SourcedEvent>,
-    rejected: Vec<Rejected>,
-    /// Next offset per partition after this batch.
-    ends: HashMap<i32, i64>,
-    /// Every record's position (valid, rejected or duplicate).
-    offsets: Vec<(i32, i64)>,
-    first_polled: Instant,
-}
-
-impl Prepared {
-    /// Keeps only records of partitions we own that are not yet committed (after a
-    /// rebalance or a seek back, the consumer can hand over records of either kind).
-    fn retain_owned(&mut self, parts: &HashMap<i32, Part>) {
-        let keep = |p: i32, o: i64| {
-            parts
-                .get(&p)
-                .is_some_and(|x| x.stored_next.is_none_or(|n| o >= n))
-        };
-        self.valid.retain(|e| keep(e.partition, e.offset));
-        self.rejected.retain(|r| keep(r.partition, r.offset));
-        self.offsets.retain(|&(p, o)| keep(p, o));
-        self.ends.retain(|&p, end| keep(p, *end - 1));
-    }
-}
-
-/// A prepared batch whose operators have run: what its transaction writes.
-struct Staged {
-    /// Distinct valid events not seen before (for the ledger and the audit table).
-    fresh: Vec<SourcedEvent>,
-    out: BatchOutput,
-    positions: Vec<Position>,
-    rejected: Vec<Rejected>,
-    /// Next offset per partition after this batch.
-    ends: HashMap<i32, i64>,
-    /// Records polled (valid, rejected or duplicate).
-    records: usize,
-    first_polled: Instant,
-    /// Keys of `fresh`, for the next batch's probe while this one is in flight.
-    keys: HashSet<EventKey>,
-    probe_time: Duration,
-    apply_time: Duration,
-}
-
-/// A batch transaction running on the runtime.
-struct InFlight {
-    #[allow(clippy::type_complexity)]
-    task: tokio::task::JoinHandle<(Option<Client>, Staged, Result<TxDone, ProcessorError>)>,
-    /// The batch's ledger keys, not visible to other connections before it commits.
-    keys: HashSet<EventKey>,
-}
-
-#[derive(Clone, Copy)]
-struct TxContext {
-    partition_count: i32,
-    alerts_since: Option<EventTime>,
-    totals: Heartbeat,
-    started: chrono::DateTime<Utc>,
-}
-
-/// What a committed transaction did.
-struct TxDone {
-    alerts: Vec<store::Alert>,
-    closed_until: Option<EventTime>,
-    /// Elapsed at: ledger recorded, outputs written, committed.
-    phases: [Duration; 3],
-}
-
 /// Retriable errors abandon the batch (`Ok`); any other stops the processor.
 fn fatal_or(e: ProcessorError) -> Result<ProcessorError, ProcessorError> {
     if e.is_retriable() {
@@ -816,51 +429,4 @@ fn fatal_or(e: ProcessorError) -> Result<ProcessorError, ProcessorError> {
     } else {
         Err(e)
     }
-}
-
-/// One batch, one transaction: fence, dedup ledger, every output, offsets, alerts,
-/// heartbeat. Nothing is computed here but the alerts (SQL over the committed windows).
-async fn run_transaction(
-    cfg: &ProcessorConfig,
-    client: &mut Client,
-    staged: &Staged,
-    expected: &HashMap<i32, Option<i64>>,
-    ctx: TxContext,
-) -> Result<TxDone, ProcessorError> {
-    let t0 = Instant::now();
-    let mut phases = [Duration::ZERO; 3];
-    let tx = client.transaction().await?;
-    store::fence(&tx, &cfg.group, &cfg.topic, expected).await?;
-    store::record_keys(&tx, &staged.fresh).await?;
-    phases[0] = t0.elapsed();
-    let out = &staged.out;
-    if cfg.audit_events {
-        store::copy_events(&tx, &staged.fresh, &out.late_flags).await?;
-    }
-    store::write_outputs(&tx, out, &cfg.engine).await?;
-    store::write_rejected(&tx, &cfg.topic, &staged.rejected).await?;
-    phases[1] = t0.elapsed();
-    store::write_positions(&tx, &cfg.group, &cfg.topic, &staged.positions).await?;
-    let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, ctx.partition_count).await?;
-    let mut alerts = Vec::new();
-    if let Some(g) = gwm.filter(|g| ctx.alerts_since.is_none_or(|c| *g > c)) {
-        alerts = store::raise_alerts(&tx, g, ctx.alerts_since, cfg.alert).await?;
-    }
-    let applied = staged.fresh.len();
-    let rejected = staged.rejected.len();
-    let mut hb = ctx.totals;
-    hb.batches += 1;
-    hb.records += staged.records as i64;
-    hb.events += applied as i64;
-    hb.rejected += rejected as i64;
-    hb.duplicates += staged.records.saturating_sub(rejected + applied) as i64;
-    hb.late += out.late.len() as i64;
-    store::write_heartbeat(&tx, &cfg.instance_id, &cfg.group, ctx.started, &hb).await?;
-    tx.commit().await?;
-    phases[2] = t0.elapsed();
-    Ok(TxDone {
-        alerts,
-        closed_until: gwm,
-        phases,
-    })
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::engine::{
     BatchOutput, EngineConfig, PartitionState, ProductDelta, Session, SourcedEvent,
 };
+use crate::retry::Stall;
 use crate::ProcessorError;
 
 /// Event time as a PostgreSQL `timestamptz` value.
@@ -127,11 +128,21 @@ pub async fn fence(
     topic: &str,
     expected: &HashMap<i32, Option<i64>>,
 ) -> Result<(), ProcessorError> {
-    let parts: Vec<i32> = expected.keys().copied().collect();
+    let mut parts: Vec<i32> = expected.keys().copied().collect();
+    parts.sort_unstable();
+    // A partition nobody has committed yet has no row to lock: a transaction-scoped
+    // advisory lock per partition fences those too (in partition order, like the rows).
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2), p)
+           FROM unnest($3::int4[]) AS p ORDER BY p",
+        &[&group, &topic, &parts],
+    )
+    .await?;
     let rows = tx
         .query(
             "SELECT kafka_partition, next_offset FROM analytics.consumer_offsets
               WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)
+              ORDER BY kafka_partition
               FOR UPDATE",
             &[&group, &topic, &parts],
         )
@@ -205,11 +216,15 @@ pub async fn record_keys(
         sink,
         &[Type::TIMESTAMPTZ, Type::UUID]
     ));
-    for e in events {
-        writer
-            .as_mut()
-            .write(&[&ts(e.event.timestamp), &e.event.event_id])
-            .await?;
+    // In key order, like every write of a batch: two instances recording overlapping
+    // keys then wait on each other instead of deadlocking.
+    let mut keys: Vec<(DateTime<Utc>, Uuid)> = events
+        .iter()
+        .map(|e| (ts(e.event.timestamp), e.event.event_id))
+        .collect();
+    keys.sort_unstable();
+    for (t, id) in &keys {
+        writer.as_mut().write(&[t, id]).await?;
     }
     writer.finish().await?;
     Ok(())
@@ -298,7 +313,7 @@ pub async fn write_outputs(
         let mut ty = Vec::new();
         let (mut events, mut units, mut revenue, mut late, mut bot) =
             (vec![], vec![], vec![], vec![], vec![]);
-        for ((m, t), d) in &out.minutes {
+        for ((m, t), d) in sorted(&out.minutes, |(m, t)| (*m, t.as_str())) {
             minute.push(ts(EventTime::from_micros(*m)));
             ty.push(t.as_str());
             events.push(d.events);
@@ -320,7 +335,8 @@ pub async fn write_outputs(
         .await?;
     }
     if !out.products.is_empty() {
-        let c = CountColumns::new(out.products.iter().map(|((m, k), d)| (*m, &**k, d)));
+        let rows = sorted(&out.products, |(m, k)| (*m, k.clone()));
+        let c = CountColumns::new(rows.into_iter().map(|((m, k), d)| (*m, &**k, d)));
         tx.execute(
             "INSERT INTO analytics.product_minute AS t
                     (minute, product_id, category, views, cart_adds, purchases, units, revenue_cents)
@@ -334,7 +350,8 @@ pub async fn write_outputs(
         .await?;
     }
     if !out.categories.is_empty() {
-        let c = CountColumns::new(out.categories.iter().map(|((m, k), d)| (*m, &**k, d)));
+        let rows = sorted(&out.categories, |(m, k)| (*m, k.clone()));
+        let c = CountColumns::new(rows.into_iter().map(|((m, k), d)| (*m, &**k, d)));
         tx.execute(
             "INSERT INTO analytics.category_minute AS t
                     (minute, category, views, cart_adds, purchases, units, revenue_cents)
@@ -350,7 +367,7 @@ pub async fn write_outputs(
     if !out.windows.is_empty() {
         let (mut start, mut end, mut id) = (vec![], vec![], vec![]);
         let (mut v, mut p, mut lv, mut lp) = (vec![], vec![], vec![], vec![]);
-        for ((s, pid), d) in &out.windows {
+        for ((s, pid), d) in sorted(&out.windows, |(s, pid)| (*s, pid.clone())) {
             start.push(ts(EventTime::from_micros(*s)));
             end.push(ts(EventTime::from_micros(s + cfg.window_micros)));
             id.push(&**pid);
@@ -372,16 +389,22 @@ pub async fn write_outputs(
         .await?;
     }
     if !out.sessions.is_empty() {
-        write_sessions(tx, out.sessions.values()).await?;
+        write_sessions(
+            tx,
+            sorted(&out.sessions, |k| *k).into_iter().map(|(_, s)| s),
+        )
+        .await?;
     }
     if !out.late.is_empty() {
-        let id: Vec<Uuid> = out.late.iter().map(|l| l.event_id).collect();
-        let ty: Vec<&str> = out.late.iter().map(|l| l.event_type.as_str()).collect();
-        let t: Vec<DateTime<Utc>> = out.late.iter().map(|l| ts(l.event_time)).collect();
-        let wm: Vec<DateTime<Utc>> = out.late.iter().map(|l| ts(l.watermark)).collect();
-        let part: Vec<i32> = out.late.iter().map(|l| l.partition).collect();
-        let off: Vec<i64> = out.late.iter().map(|l| l.offset).collect();
-        let abs: Vec<bool> = out.late.iter().map(|l| l.absorbed).collect();
+        let mut late: Vec<_> = out.late.iter().collect();
+        late.sort_unstable_by_key(|l| (l.event_time, l.event_id));
+        let id: Vec<Uuid> = late.iter().map(|l| l.event_id).collect();
+        let ty: Vec<&str> = late.iter().map(|l| l.event_type.as_str()).collect();
+        let t: Vec<DateTime<Utc>> = late.iter().map(|l| ts(l.event_time)).collect();
+        let wm: Vec<DateTime<Utc>> = late.iter().map(|l| ts(l.watermark)).collect();
+        let part: Vec<i32> = late.iter().map(|l| l.partition).collect();
+        let off: Vec<i64> = late.iter().map(|l| l.offset).collect();
+        let abs: Vec<bool> = late.iter().map(|l| l.absorbed).collect();
         tx.execute(
             "INSERT INTO analytics.late_events
                     (event_id, event_type, event_time, watermark, kafka_partition, kafka_offset, absorbed_by_session)
@@ -392,6 +415,15 @@ pub async fn write_outputs(
         .await?;
     }
     Ok(())
+}
+
+/// The entries of `map` in the order of `key`. Every upsert writes its rows in key order,
+/// so two instances touching the same hot rows (a popular product's minute) lock them in
+/// the same order and one waits for the other instead of deadlocking.
+fn sorted<K, V, O: Ord>(map: &HashMap<K, V>, key: impl Fn(&K) -> O) -> Vec<(&K, &V)> {
+    let mut rows: Vec<(&K, &V)> = map.iter().collect();
+    rows.sort_by_cached_key(|(k, _)| key(k));
+    rows
 }
 
 /// Column arrays of per-minute product or category counts, for one `UNNEST` upsert.
@@ -489,6 +521,8 @@ pub struct Rejected {
     pub key: Option<Vec<u8>>,
     /// Record value, untouched.
     pub payload: Vec<u8>,
+    /// The dead-letter topic has not acknowledged it (it was unreachable).
+    pub dlq_pending: bool,
 }
 
 /// Largest payload prefix kept in the rejected table.
@@ -512,16 +546,91 @@ pub async fn write_rejected(
         .iter()
         .map(|r| &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_LIMIT)])
         .collect();
-    let key: Vec<Option<&[u8]>> = rejected.iter().map(|r| r.key.as_deref()).collect();
+    let key: Vec<Option<&[u8]>> = rejected
+        .iter()
+        .map(|r| {
+            r.key
+                .as_deref()
+                .map(|k| &k[..k.len().min(REJECTED_PAYLOAD_LIMIT)])
+        })
+        .collect();
+    let pending: Vec<bool> = rejected.iter().map(|r| r.dlq_pending).collect();
     tx.execute(
         "INSERT INTO analytics.rejected_events
-                (topic, kafka_partition, kafka_offset, reason, detail, payload_bytes, payload, record_key)
-         SELECT $1, * FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[])
+                (topic, kafka_partition, kafka_offset, reason, detail, payload_bytes, payload, record_key, dlq_pending)
+         SELECT $1, * FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[], $9::bool[])
+         ORDER BY 2, 3
          ON CONFLICT DO NOTHING",
-        &[&topic, &part, &off, &reason, &detail, &size, &payload, &key],
+        &[&topic, &part, &off, &reason, &detail, &size, &payload, &key, &pending],
     )
     .await?;
     Ok(())
+}
+
+/// A dead letter recorded in PostgreSQL that Kafka has not acknowledged yet.
+#[derive(Debug)]
+pub struct PendingLetter {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Reason code.
+    pub reason: String,
+    /// Detail.
+    pub detail: String,
+    /// Original value size.
+    pub payload_bytes: i32,
+    /// The stored value (its first 64 KiB).
+    pub payload: Vec<u8>,
+    /// The stored key.
+    pub key: Option<Vec<u8>>,
+}
+
+/// Up to `limit` dead letters of `topic` still to be delivered, oldest position first.
+pub async fn pending_letters(
+    client: &Client,
+    topic: &str,
+    limit: i64,
+) -> Result<Vec<PendingLetter>, ProcessorError> {
+    let rows = client
+        .query(
+            "SELECT kafka_partition, kafka_offset, reason, detail, payload_bytes, payload, record_key
+               FROM analytics.rejected_events
+              WHERE dlq_pending AND topic = $1
+              ORDER BY topic, kafka_partition, kafka_offset LIMIT $2",
+            &[&topic, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| PendingLetter {
+            partition: r.get(0),
+            offset: r.get(1),
+            reason: r.get(2),
+            detail: r.get(3),
+            payload_bytes: r.get(4),
+            payload: r.get(5),
+            key: r.get(6),
+        })
+        .collect())
+}
+
+/// Marks dead letters delivered.
+pub async fn letters_delivered(
+    client: &Client,
+    topic: &str,
+    positions: &[(i32, i64)],
+) -> Result<u64, ProcessorError> {
+    let part: Vec<i32> = positions.iter().map(|p| p.0).collect();
+    let off: Vec<i64> = positions.iter().map(|p| p.1).collect();
+    Ok(client
+        .execute(
+            "UPDATE analytics.rejected_events r SET dlq_pending = false
+               FROM UNNEST($2::int4[], $3::int8[]) AS u(p, o)
+              WHERE r.topic = $1 AND r.kafka_partition = u.p AND r.kafka_offset = u.o",
+            &[&topic, &part, &off],
+        )
+        .await?)
 }
 
 /// New position and watermark of one partition after the batch.
@@ -544,6 +653,8 @@ pub async fn write_positions(
     topic: &str,
     positions: &[Position],
 ) -> Result<(), ProcessorError> {
+    let mut positions = positions.to_vec();
+    positions.sort_unstable_by_key(|p| p.partition);
     let part: Vec<i32> = positions.iter().map(|p| p.partition).collect();
     let next: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
     let wm: Vec<Option<DateTime<Utc>>> = positions.iter().map(|p| p.watermark.map(ts)).collect();
@@ -626,6 +737,7 @@ pub async fn raise_alerts(
                FROM analytics.product_window
               WHERE window_end <= $1 AND ($2::timestamptz IS NULL OR window_end > $2)
                 AND views > $3 AND purchases < $4
+              ORDER BY window_start, product_id
              ON CONFLICT DO NOTHING
              RETURNING window_start, window_end, product_id, views, purchases",
             &[&ts(closed_until), &since, &rule.min_views, &rule.max_purchases],
@@ -660,7 +772,21 @@ pub struct Heartbeat {
     pub late: i64,
 }
 
-/// Upserts this instance's heartbeat row.
+impl Heartbeat {
+    /// The sum of two sets of counters.
+    pub fn plus(&self, o: &Heartbeat) -> Heartbeat {
+        Heartbeat {
+            batches: self.batches + o.batches,
+            records: self.records + o.records,
+            events: self.events + o.events,
+            rejected: self.rejected + o.rejected,
+            duplicates: self.duplicates + o.duplicates,
+            late: self.late + o.late,
+        }
+    }
+}
+
+/// Upserts this instance's heartbeat row (a commit ends any stall).
 pub async fn write_heartbeat(
     tx: &Transaction<'_>,
     instance: &str,
@@ -673,7 +799,7 @@ pub async fn write_heartbeat(
                 (instance_id, consumer_group, started_at, last_commit_at, batches, records, events, rejected, duplicates, late)
          VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9)
          ON CONFLICT (instance_id) DO UPDATE SET last_commit_at = now(), last_seen_at = now(),
-            stopped_at = NULL,
+            stopped_at = NULL, consecutive_failures = 0, stalled_since = NULL, last_error = NULL,
             batches = EXCLUDED.batches,
             records = EXCLUDED.records, events = EXCLUDED.events, rejected = EXCLUDED.rejected,
             duplicates = EXCLUDED.duplicates, late = EXCLUDED.late",
@@ -683,22 +809,34 @@ pub async fn write_heartbeat(
     Ok(())
 }
 
-/// Marks this instance alive without a commit (idle processors), creating its row with
-/// zero counters if it never committed.
+/// Marks this instance alive without a commit (idle or stalled processors), with its
+/// stall state, creating its row with zero counters if it never committed.
 pub async fn touch_heartbeat(
     client: &Client,
     instance: &str,
     group: &str,
     started: DateTime<Utc>,
+    stall: &Stall,
 ) -> Result<(), ProcessorError> {
+    let failures = i32::try_from(stall.consecutive).unwrap_or(i32::MAX);
     client
         .execute(
             "INSERT INTO analytics.processor_heartbeat AS t
                     (instance_id, consumer_group, started_at, last_commit_at, last_seen_at,
-                     batches, records, events, rejected, duplicates, late)
-             VALUES ($1, $2, $3, NULL, now(), 0, 0, 0, 0, 0, 0)
-             ON CONFLICT (instance_id) DO UPDATE SET last_seen_at = now(), stopped_at = NULL",
-            &[&instance, &group, &started],
+                     batches, records, events, rejected, duplicates, late,
+                     consecutive_failures, stalled_since, last_error)
+             VALUES ($1, $2, $3, NULL, now(), 0, 0, 0, 0, 0, 0, $4, $5, $6)
+             ON CONFLICT (instance_id) DO UPDATE SET last_seen_at = now(), stopped_at = NULL,
+                consecutive_failures = EXCLUDED.consecutive_failures,
+                stalled_since = EXCLUDED.stalled_since, last_error = EXCLUDED.last_error",
+            &[
+                &instance,
+                &group,
+                &started,
+                &failures,
+                &stall.since,
+                &stall.last_error,
+            ],
         )
         .await?;
     Ok(())

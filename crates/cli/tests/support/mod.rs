@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod corpus;
 pub mod reference;
 
 use std::collections::HashMap;

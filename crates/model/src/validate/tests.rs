@@ -96,6 +96,16 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>)> {
             with("product_id", json!("x".repeat(65))),
         ),
         ("bad_field_length", with("category", json!(""))),
+        ("control_character", with("product_id", json!("P\u{0}42"))),
+        (
+            "control_character",
+            with("user_agent", json!("Mozilla\u{7}/5.0")),
+        ),
+        ("control_character", with("country", json!("DE\u{85}"))),
+        (
+            "unknown_event_type",
+            with("event_type", json!("page_view\u{0}")),
+        ),
         ("malformed", {
             let mut s = String::from_utf8(good).unwrap();
             s.insert_str(1, "\"device\":\"tablet\",");
@@ -125,6 +135,18 @@ fn every_reason_is_reachable_and_reported() {
     }
     let all: BTreeSet<_> = RejectReason::ALL_CODES.into_iter().collect();
     assert_eq!(seen, all, "codes without a corpus entry");
+}
+
+/// Details are stored in `text` columns and Kafka headers: never a raw control character.
+#[test]
+fn rejection_details_carry_no_control_characters() {
+    for (_, bytes) in bad_corpus() {
+        let reason = parse_event(&bytes, &policy()).unwrap_err();
+        let detail = reason.to_string();
+        assert!(!detail.chars().any(char::is_control), "{detail:?}");
+    }
+    let r = parse_event(&with("event_type", json!("x\u{0}y")), &policy()).unwrap_err();
+    assert_eq!(r.to_string(), "unknown event_type `x\\u{0}y`");
 }
 
 #[test]

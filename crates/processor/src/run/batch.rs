@@ -1,0 +1,419 @@
+//! One micro-batch from polled records to a committed transaction: validate and
+//! dead-letter ([`Loop::prepare`]), probe the dedup ledger and run the operators
+//! ([`Loop::stage`]), write everything in one transaction on the runtime
+//! ([`Loop::start_transaction`], [`run_transaction`]), then account for it
+//! ([`Loop::finish`]).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clickstream_model::{parse_event, printable, EventKey, EventTime, ValidationPolicy};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_postgres::Client;
+
+use super::{Loop, Owned, Part, ProcessorConfig};
+use crate::engine::{dedup_batch, BatchOutput, SourcedEvent};
+use crate::metrics::ReasonLabel;
+use crate::retry::FailedBatch;
+use crate::store::{self, Heartbeat, Position, Rejected};
+use crate::ProcessorError;
+
+/// How long a batch waits for its dead letters' acknowledgements before it commits them
+/// as pending (longer than the producer's 10 s message timeout).
+const DLQ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Reason code of a valid record PostgreSQL refused to store (see [`crate::retry`]).
+pub const UNSTORABLE: &str = "unstorable";
+
+impl Loop<'_> {
+    fn policy(&self) -> ValidationPolicy {
+        let mut p = ValidationPolicy::new(EventTime::now());
+        p.max_age_micros = self.cfg.max_event_age.as_micros() as i64;
+        p.max_future_micros = self.cfg.max_event_future.as_micros() as i64;
+        p.max_bytes = self.cfg.max_record_bytes;
+        p
+    }
+
+    /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
+    /// commit that covers them, so a crash can repeat a dead letter but never lose one).
+    pub(super) fn prepare(&mut self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
+        let policy = self.policy();
+        let mut valid = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        let first_polled = Instant::now();
+        for r in batch.iter() {
+            ends.insert(r.partition, r.offset + 1);
+            let reject = |reason: &'static str, detail: String| Rejected {
+                partition: r.partition,
+                offset: r.offset,
+                reason,
+                detail,
+                key: r.key.clone(),
+                payload: r.payload.clone(),
+                dlq_pending: false,
+            };
+            if let Some(error) = self.splitter.unstorable((r.partition, r.offset)) {
+                rejected.push(reject(
+                    UNSTORABLE,
+                    format!("PostgreSQL refused to store it: {error}"),
+                ));
+                continue;
+            }
+            match parse_event(&r.payload, &policy) {
+                Ok(event) => valid.push(SourcedEvent {
+                    event,
+                    partition: r.partition,
+                    offset: r.offset,
+                }),
+                Err(reason) => rejected.push(reject(reason.code(), reason.to_string())),
+            }
+        }
+        let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
+        drop(batch);
+        let (valid, _) = dedup_batch(valid);
+        if self.dlq_down.is_none() && !rejected.is_empty() {
+            if let Err(e) = self.dlq.send_all(&rejected) {
+                self.dead_letters_failed(&e);
+            }
+        }
+        if self.dlq_down.is_some() {
+            for r in &mut rejected {
+                r.dlq_pending = true;
+            }
+        }
+        Ok(Prepared {
+            valid,
+            rejected,
+            ends,
+            offsets,
+            first_polled,
+        })
+    }
+
+    /// Finds the batch's re-sends of earlier events (the ledger's committed keys, plus the
+    /// in-flight batch's `pending` keys, which it cannot see yet) and applies the operators
+    /// to the rest, advancing the partitions' state.
+    pub(super) fn stage(
+        &mut self,
+        p: Prepared,
+        pending: Option<&HashSet<EventKey>>,
+    ) -> Result<Staged, ProcessorError> {
+        let t0 = Instant::now();
+        if self.probe.as_ref().is_none_or(|c| c.is_closed()) {
+            self.probe = Some(
+                self.handle
+                    .block_on(clickstream_db::connect(&self.cfg.database_url))?,
+            );
+        }
+        let Some(probe) = self.probe.as_ref() else {
+            return Err(ProcessorError::Internal("no probe connection".into()));
+        };
+        let mut known = self.handle.block_on(store::known_keys(probe, &p.valid))?;
+        if let Some(pending) = pending {
+            known.extend(
+                p.valid
+                    .iter()
+                    .map(|e| e.event.key())
+                    .filter(|k| pending.contains(k)),
+            );
+        }
+        let probed = t0.elapsed();
+        let mut fresh = p.valid;
+        if !known.is_empty() {
+            fresh.retain(|e| !known.contains(&e.event.key()));
+        }
+        let engine = &self.cfg.engine;
+        let mut out = BatchOutput::default();
+        for e in &fresh {
+            if let Some(part) = self.parts.get_mut(&e.partition) {
+                part.state.apply(e, engine, &mut out);
+            }
+        }
+        let mut positions = Vec::with_capacity(p.ends.len());
+        for (partition, next) in &p.ends {
+            if let Some(part) = self.parts.get_mut(partition) {
+                part.state.finish_batch(engine, &mut out);
+                positions.push(Position {
+                    partition: *partition,
+                    next_offset: *next,
+                    watermark: part.state.watermark,
+                    max_event_time: part.state.max_event_time,
+                });
+            }
+        }
+        let keys = fresh.iter().map(|e| e.event.key()).collect();
+        let records = p.offsets.len();
+        let counts = Heartbeat {
+            batches: 1,
+            records: records as i64,
+            events: fresh.len() as i64,
+            rejected: p.rejected.len() as i64,
+            duplicates: records.saturating_sub(p.rejected.len() + fresh.len()) as i64,
+            late: out.late.len() as i64,
+        };
+        Ok(Staged {
+            fresh,
+            out,
+            positions,
+            rejected: p.rejected,
+            ends: p.ends,
+            counts,
+            single: (records == 1).then(|| p.offsets[0]),
+            first_polled: p.first_polled,
+            keys,
+            probe_time: probed,
+            apply_time: t0.elapsed() - probed,
+        })
+    }
+
+    /// Moves the connection and the staged batch into a task that runs its transaction.
+    pub(super) fn start_transaction(&mut self, staged: Staged) -> InFlight {
+        let expected: HashMap<i32, Option<i64>> = staged
+            .ends
+            .keys()
+            .map(|p| (*p, self.parts.get(p).and_then(|x| x.stored_next)))
+            .collect();
+        let mut client = self.client.take();
+        let cfg = self.shared.clone();
+        let ctx = TxContext {
+            partition_count: self.partition_count,
+            alerts_since: self.alerts_closed_until,
+            totals: self.totals.plus(&staged.counts),
+            started: self.started,
+        };
+        let mut staged = staged;
+        let keys = std::mem::take(&mut staged.keys);
+        let task = self.handle.spawn(async move {
+            let result = match client.as_mut() {
+                Some(c) => run_transaction(&cfg, c, &staged, &expected, ctx).await,
+                None => Err(ProcessorError::Internal(
+                    "a transaction started without the batch connection".into(),
+                )),
+            };
+            (client, staged, result)
+        });
+        InFlight { task, keys }
+    }
+
+    /// Waits for the transaction task, takes the connection back, and on success advances
+    /// the offsets the fence expects and tells Kafka, the metrics and the alert sinks. On
+    /// failure, remembers what the batch was for [`crate::retry::Splitter`].
+    pub(super) fn finish(&mut self, job: InFlight) -> Result<(), ProcessorError> {
+        let (client, staged, result) = self
+            .handle
+            .block_on(job.task)
+            .map_err(|e| ProcessorError::Internal(format!("transaction task failed: {e}")))?;
+        self.client = client;
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.last_failed = Some(FailedBatch {
+                    records: staged.counts.records as usize,
+                    fresh: staged.fresh.len(),
+                    single: staged.single,
+                });
+                return Err(e);
+            }
+        };
+        let cfg = self.cfg;
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in &staged.ends {
+            if let Some(part) = self.parts.get_mut(p) {
+                part.stored_next = Some(*next);
+            }
+            let _ = tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset(*next));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit to kafka failed (PostgreSQL is authoritative)");
+        }
+        if done.closed_until.is_some() {
+            self.alerts_closed_until = done.closed_until.max(self.alerts_closed_until);
+        }
+        let c = staged.counts;
+        self.totals = self.totals.plus(&c);
+        self.splitter
+            .committed(staged.ends.iter().map(|(p, n)| (*p, *n)));
+        self.recovered();
+        let m = &self.metrics;
+        m.commit_seconds.observe(done.phases[2].as_secs_f64());
+        m.batch_seconds
+            .observe(staged.first_polled.elapsed().as_secs_f64());
+        m.batches.inc();
+        m.batch_size.observe(c.records as f64);
+        m.records_in.inc_by(c.records as u64);
+        m.events_valid.inc_by(c.events as u64);
+        m.duplicates.inc_by(c.duplicates as u64);
+        m.late.inc_by(c.late as u64);
+        for r in &staged.rejected {
+            m.rejected
+                .get_or_create(&ReasonLabel {
+                    reason: r.reason.to_string(),
+                })
+                .inc();
+        }
+        m.alerts.inc_by(done.alerts.len() as u64);
+        m.last_commit
+            .set(Utc::now().timestamp_micros() as f64 / 1e6);
+        m.open_sessions.set(
+            self.parts
+                .values()
+                .map(|p| p.state.open_sessions() as i64)
+                .sum(),
+        );
+        for a in &done.alerts {
+            for s in &mut self.sinks {
+                s.raise(a);
+            }
+        }
+        tracing::debug!(
+            records = c.records,
+            applied = c.events,
+            rejected = c.rejected,
+            duplicates = c.duplicates,
+            sessions = staged.out.sessions.len(),
+            probe_ms = staged.probe_time.as_millis() as u64,
+            apply_ms = staged.apply_time.as_millis() as u64,
+            ledger_ms = done.phases[0].as_millis() as u64,
+            write_ms = (done.phases[1] - done.phases[0]).as_millis() as u64,
+            tx_ms = done.phases[2].as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+}
+
+/// A polled batch, validated and deduplicated, its rejects already dead-lettered.
+pub(super) struct Prepared {
+    valid: Vec<SourcedEvent>,
+    rejected: Vec<Rejected>,
+    /// Next offset per partition after this batch.
+    pub(super) ends: HashMap<i32, i64>,
+    /// Every record's position (valid, rejected or duplicate).
+    offsets: Vec<(i32, i64)>,
+    first_polled: Instant,
+}
+
+impl Staged {
+    /// Waits for the dead-letter topic to acknowledge this batch's rejects. If it does
+    /// not, the batch goes on anyway with them marked pending: their `rejected_events`
+    /// rows, committed with the batch, are the durable record, and housekeeping delivers
+    /// them once the topic is back. A dead-letter outage never holds up the stream.
+    pub(super) fn confirm_dead_letters(&mut self, l: &mut Loop<'_>) {
+        if self.rejected.is_empty() || self.rejected.iter().all(|r| r.dlq_pending) {
+            return;
+        }
+        if let Err(e) = l.dlq.confirm(DLQ_CONFIRM_TIMEOUT) {
+            l.dead_letters_failed(&e);
+            for r in &mut self.rejected {
+                r.dlq_pending = true;
+            }
+        }
+    }
+}
+
+impl Prepared {
+    /// Keeps only records of partitions we own that are not yet committed (after a
+    /// rebalance or a seek back, the consumer can hand over records of either kind).
+    pub(super) fn retain_owned(&mut self, parts: &HashMap<i32, Part>) {
+        let keep = |p: i32, o: i64| {
+            parts
+                .get(&p)
+                .is_some_and(|x| x.stored_next.is_none_or(|n| o >= n))
+        };
+        self.valid.retain(|e| keep(e.partition, e.offset));
+        self.rejected.retain(|r| keep(r.partition, r.offset));
+        self.offsets.retain(|&(p, o)| keep(p, o));
+        self.ends.retain(|&p, end| keep(p, *end - 1));
+    }
+}
+
+/// A prepared batch whose operators have run: what its transaction writes.
+pub(super) struct Staged {
+    /// Distinct valid events not seen before (for the ledger and the audit table).
+    fresh: Vec<SourcedEvent>,
+    out: BatchOutput,
+    positions: Vec<Position>,
+    rejected: Vec<Rejected>,
+    /// Next offset per partition after this batch.
+    ends: HashMap<i32, i64>,
+    /// What the batch adds to the instance's counters (computed once, here).
+    counts: Heartbeat,
+    /// The position of the batch's only record, if it has exactly one.
+    single: Option<(i32, i64)>,
+    first_polled: Instant,
+    /// Keys of `fresh`, for the next batch's probe while this one is in flight.
+    keys: HashSet<EventKey>,
+    probe_time: Duration,
+    apply_time: Duration,
+}
+
+/// A batch transaction running on the runtime.
+pub(super) struct InFlight {
+    #[allow(clippy::type_complexity)]
+    task: tokio::task::JoinHandle<(Option<Client>, Staged, Result<TxDone, ProcessorError>)>,
+    /// The batch's ledger keys, not visible to other connections before it commits.
+    pub(super) keys: HashSet<EventKey>,
+}
+
+#[derive(Clone, Copy)]
+struct TxContext {
+    partition_count: i32,
+    alerts_since: Option<EventTime>,
+    /// The instance's counters including this batch.
+    totals: Heartbeat,
+    started: chrono::DateTime<Utc>,
+}
+
+/// What a committed transaction did.
+struct TxDone {
+    alerts: Vec<store::Alert>,
+    closed_until: Option<EventTime>,
+    /// Elapsed at: ledger recorded, outputs written, committed.
+    phases: [Duration; 3],
+}
+
+/// One batch, one transaction: fence, dedup ledger, every output, offsets, alerts,
+/// heartbeat. Nothing is computed here but the alerts (SQL over the committed windows).
+async fn run_transaction(
+    cfg: &ProcessorConfig,
+    client: &mut Client,
+    staged: &Staged,
+    expected: &HashMap<i32, Option<i64>>,
+    ctx: TxContext,
+) -> Result<TxDone, ProcessorError> {
+    let t0 = Instant::now();
+    let mut phases = [Duration::ZERO; 3];
+    let tx = client.transaction().await?;
+    store::fence(&tx, &cfg.group, &cfg.topic, expected).await?;
+    store::record_keys(&tx, &staged.fresh).await?;
+    phases[0] = t0.elapsed();
+    let out = &staged.out;
+    if cfg.audit_events {
+        store::copy_events(&tx, &staged.fresh, &out.late_flags).await?;
+    }
+    store::write_outputs(&tx, out, &cfg.engine).await?;
+    store::write_rejected(&tx, &cfg.topic, &staged.rejected).await?;
+    phases[1] = t0.elapsed();
+    store::write_positions(&tx, &cfg.group, &cfg.topic, &staged.positions).await?;
+    let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, ctx.partition_count).await?;
+    let mut alerts = Vec::new();
+    if let Some(g) = gwm.filter(|g| ctx.alerts_since.is_none_or(|c| *g > c)) {
+        alerts = store::raise_alerts(&tx, g, ctx.alerts_since, cfg.alert).await?;
+    }
+    store::write_heartbeat(&tx, &cfg.instance_id, &cfg.group, ctx.started, &ctx.totals).await?;
+    tx.commit().await?;
+    phases[2] = t0.elapsed();
+    Ok(TxDone {
+        alerts,
+        closed_until: gwm,
+        phases,
+    })
+}
+
+/// A failure as text fit for a `text` column, a log line and a Kafka header.
+pub(super) fn error_detail(e: &ProcessorError) -> String {
+    printable(&e.to_string(), 500)
+}

@@ -1,0 +1,179 @@
+//! Work done between batches while the batch connection is home: alerts for windows
+//! that other instances' progress closed, lag, the heartbeat (with the stall state), and
+//! pruning the dedup ledger.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clickstream_model::EventTime;
+use rdkafka::consumer::Consumer;
+
+use super::Loop;
+use crate::kafka::Letter;
+use crate::metrics::PartitionLabel;
+use crate::store;
+use crate::ProcessorError;
+
+impl Loop<'_> {
+    /// Raises alerts for windows closed since the last evaluation, in its own transaction.
+    pub(super) fn evaluate_alerts(&mut self) -> Result<(), ProcessorError> {
+        let cfg = self.cfg;
+        let since = self.alerts_closed_until;
+        let count = self.partition_count;
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        let (alerts, gwm) = self.handle.clone().block_on(async {
+            let tx = client.transaction().await?;
+            let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, count).await?;
+            let mut alerts = Vec::new();
+            if let Some(g) = gwm.filter(|g| since.is_none_or(|c| *g > c)) {
+                alerts = store::raise_alerts(&tx, g, since, cfg.alert).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, ProcessorError>((alerts, gwm))
+        })?;
+        if gwm.is_some() {
+            self.alerts_closed_until = gwm.max(since);
+        }
+        self.metrics.alerts.inc_by(alerts.len() as u64);
+        for a in &alerts {
+            for s in &mut self.sinks {
+                s.raise(a);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn update_lag(&self) {
+        for (p, part) in &self.parts {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1))
+            {
+                let lag = high - part.stored_next.unwrap_or(0);
+                self.metrics
+                    .lag
+                    .get_or_create(&PartitionLabel { partition: *p })
+                    .set(lag.max(0));
+            }
+        }
+    }
+
+    /// Liveness for dashboards and `status` while no batch commits (idle input).
+    pub(super) fn touch_heartbeat(&self) {
+        let Some(client) = &self.client else { return };
+        let touch = store::touch_heartbeat(
+            client,
+            &self.cfg.instance_id,
+            &self.cfg.group,
+            self.started,
+            &self.stall,
+        );
+        if let Err(e) = self.handle.block_on(touch) {
+            tracing::debug!(error = %e, "heartbeat failed; the next commit writes it");
+        }
+    }
+
+    /// Deletes dedup ledger entries beyond the horizon.
+    pub(super) fn prune(&self) {
+        let horizon = EventTime::now()
+            .add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
+        let Some(client) = &self.client else { return };
+        match self.handle.block_on(store::prune_seen(client, horizon)) {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),
+        }
+    }
+
+    /// The dead-letter topic failed to take or acknowledge records: from now on rejects
+    /// are committed as pending and delivered by [`Loop::deliver_pending_dead_letters`].
+    pub(super) fn dead_letters_failed(&mut self, e: &ProcessorError) {
+        let (_, wait) = self.dlq_retry;
+        if self.dlq_down.is_none() {
+            self.dlq_down = Some(Utc::now());
+            tracing::error!(
+                topic = %self.cfg.dlq_topic,
+                error = %e,
+                "dead-letter topic unreachable; rejects are recorded in analytics.rejected_events \
+                 (dlq_pending) and delivered when it is back"
+            );
+        } else {
+            tracing::warn!(topic = %self.cfg.dlq_topic, error = %e, retry_in = ?wait, "dead-letter topic still unreachable");
+        }
+        self.dlq_retry = (Instant::now() + wait, (wait * 2).min(DLQ_MAX_BACKOFF));
+    }
+
+    /// Delivers dead letters recorded as pending (by this run or an earlier one) once the
+    /// dead-letter topic takes them again, then marks them delivered.
+    pub(super) fn deliver_pending_dead_letters(&mut self) {
+        if Instant::now() < self.dlq_retry.0 {
+            return;
+        }
+        let Some(client) = &self.client else { return };
+        let topic = &self.cfg.topic;
+        let letters =
+            match self
+                .handle
+                .block_on(store::pending_letters(client, topic, PENDING_BATCH))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading pending dead letters failed; will retry");
+                    return;
+                }
+            };
+        let sent = letters.iter().try_for_each(|l| {
+            let letter = Letter::new(
+                l.key.as_deref(),
+                &l.payload,
+                usize::try_from(l.payload_bytes).unwrap_or(0),
+            );
+            self.dlq
+                .send(&letter, &l.reason, &l.detail, l.partition, l.offset)
+        });
+        let delivered = sent.and_then(|()| self.dlq.confirm(DLQ_RETRY_TIMEOUT));
+        if let Err(e) = delivered {
+            self.metrics.dlq_pending.set(letters.len() as i64);
+            self.dead_letters_failed(&e);
+            return;
+        }
+        let positions: Vec<(i32, i64)> = letters.iter().map(|l| (l.partition, l.offset)).collect();
+        if let Err(e) = self
+            .handle
+            .block_on(store::letters_delivered(client, topic, &positions))
+        {
+            // They stay pending and are sent again: at-least-once, like any dead letter.
+            tracing::warn!(error = %e, "marking dead letters delivered failed; will retry");
+            return;
+        }
+        if !letters.is_empty() {
+            tracing::info!(
+                records = letters.len(),
+                "delivered pending dead letters from PostgreSQL"
+            );
+        }
+        if (letters.len() as i64) < PENDING_BATCH {
+            if let Some(since) = self.dlq_down.take() {
+                tracing::info!(topic = %self.cfg.dlq_topic, down_since = %since, "dead-letter topic reachable again");
+            }
+            self.metrics.dlq_pending.set(0);
+            // Healthy: look again only after the next failure.
+            self.dlq_retry = (
+                Instant::now() + Duration::from_secs(86_400 * 365),
+                DLQ_FIRST_BACKOFF,
+            );
+        } else {
+            self.dlq_retry = (Instant::now(), self.dlq_retry.1);
+        }
+    }
+}
+
+/// Pending dead letters delivered per housekeeping round.
+const PENDING_BATCH: i64 = 500;
+/// How long a delivery round waits for acknowledgements.
+const DLQ_RETRY_TIMEOUT: Duration = Duration::from_secs(12);
+/// The first and the longest wait between delivery rounds while the topic is down.
+pub(super) const DLQ_FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const DLQ_MAX_BACKOFF: Duration = Duration::from_secs(60);

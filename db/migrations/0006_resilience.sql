@@ -1,0 +1,21 @@
+-- What an instance reports while it cannot make progress (see ARCHITECTURE.md, "Failure").
+
+ALTER TABLE analytics.processor_heartbeat
+    ADD COLUMN consecutive_failures integer NOT NULL DEFAULT 0,
+    ADD COLUMN stalled_since timestamptz,
+    ADD COLUMN last_error text;
+COMMENT ON COLUMN analytics.processor_heartbeat.consecutive_failures IS
+    'Batch attempts that failed since the last commit (0 while healthy).';
+COMMENT ON COLUMN analytics.processor_heartbeat.stalled_since IS
+    'First failure of the current run of failures; NULL while healthy.';
+COMMENT ON COLUMN analytics.processor_heartbeat.last_error IS
+    'The latest failure, as logged; NULL while healthy.';
+
+-- Dead letters the dead-letter topic did not acknowledge: the row (committed with the
+-- batch) is the durable record, and the processor delivers it to Kafka when it can.
+ALTER TABLE analytics.rejected_events
+    ADD COLUMN dlq_pending boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN analytics.rejected_events.dlq_pending IS
+    'True until the dead-letter topic acknowledged this record (it was unreachable when the batch committed).';
+CREATE INDEX rejected_events_dlq_pending_idx ON analytics.rejected_events (topic, kafka_partition, kafka_offset)
+    WHERE dlq_pending;
