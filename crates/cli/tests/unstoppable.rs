@@ -438,7 +438,27 @@ async fn missing_topics_fail_once_with_a_clear_message_or_are_created() {
     produce(&s, &topic, &[(None, b"not json".to_vec())]);
     let group = unique("g");
     let p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
-    let dead = read_topic(&s.bootstrap, &dlq, 1, 1, Duration::from_secs(60));
+    // Created with the cluster's default partition count.
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partitions = loop {
+        let md = rdkafka::consumer::Consumer::fetch_metadata(
+            &consumer,
+            Some(&dlq),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let n = md.topics()[0].partitions().len() as i32;
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "dead-letter topic not created");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let dead = read_topic(&s.bootstrap, &dlq, partitions, 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1, "the dead-letter topic was created and used");
     p.stop();
     db.drop().await;

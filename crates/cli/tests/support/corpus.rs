@@ -143,12 +143,31 @@ pub fn corpus() -> Vec<Case> {
             b"<html>502 Bad Gateway</html>".to_vec(),
         ),
         bad("byte-order mark before the JSON", "not_json", bom),
-        bad("100,000-deep array", "not_json", deep),
+        bad(
+            "100,000-deep array (over the size bound)",
+            "too_large",
+            deep,
+        ),
         bad(
             "100,000-deep object in an unknown field",
-            "not_json",
+            "too_large",
             deep_inside,
         ),
+        bad("30,000-deep array", "not_json", {
+            let mut s = "[".repeat(30_000);
+            s.push_str(&"]".repeat(30_000));
+            s.into_bytes()
+        }),
+        // Unknown fields are skipped without recursion: valid.
+        good("30,000-deep array in an unknown field", {
+            let mut v = String::from_utf8(good_bytes.clone()).expect("utf-8");
+            v.pop();
+            v.push_str(",\"extra\":");
+            v.push_str(&"[".repeat(30_000));
+            v.push_str(&"]".repeat(30_000));
+            v.push('}');
+            v.into_bytes()
+        }),
         bad(
             "lone surrogate escape",
             "not_json",
