@@ -19,3 +19,8 @@ COMMENT ON COLUMN analytics.rejected_events.dlq_pending IS
     'True until the dead-letter topic acknowledged this record (it was unreachable when the batch committed).';
 CREATE INDEX rejected_events_dlq_pending_idx ON analytics.rejected_events (topic, kafka_partition, kafka_offset)
     WHERE dlq_pending;
+
+-- Events stamped ahead of the processing clock: counted here, but they drive the watermark
+-- only up to the clock (see ARCHITECTURE.md, "Watermarks and wrong clocks").
+ALTER TABLE analytics.metrics_minute
+    ADD COLUMN future_events bigint NOT NULL DEFAULT 0;

@@ -93,6 +93,11 @@ pub struct ProcessArgs {
     /// doubles per consecutive failure).
     #[arg(long, env = "CLICKSTREAM_RETRY_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     retry_max_backoff: Duration,
+    /// A partition that is caught up and gets no records for this long stops holding event
+    /// time back: its watermark follows the clock, so a stopped feed closes its sessions and
+    /// decides its flash-sale windows (`0s`: never).
+    #[arg(long, env = "CLICKSTREAM_IDLE_TIMEOUT", default_value = "1m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
 }
 
 pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
@@ -126,6 +131,7 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         kafka_opts: args.kafka_opts,
         retry_max_backoff: args.retry_max_backoff,
+        idle_timeout: args.idle_timeout,
     };
 
     let mut registry = Registry::default();

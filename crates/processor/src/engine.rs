@@ -3,8 +3,13 @@
 //! Everything here is deterministic in the order of records within one Kafka partition,
 //! which is what makes results independent of batch boundaries, crashes and rebalances:
 //!
-//! - **Watermark** per partition: the largest event time seen minus the allowed lateness.
-//!   An event is *late* when its time is below the watermark as it was just before it.
+//! - **Watermark** per partition: the largest event time seen minus the allowed lateness,
+//!   where an event stamped ahead of the processing clock counts only up to the clock (it
+//!   is counted as *future*): a client with a wrong clock cannot make the next hour of its
+//!   partition late. An event is *late* when its time is below the watermark as it was just
+//!   before it. A partition that has been idle (caught up, no records) for the idle timeout
+//!   advances its watermark with the processing clock ([`PartitionState::advance_idle`]),
+//!   so a stopped feed still closes its sessions and decides its windows.
 //! - **Metrics** (per minute and event type, per product / category per minute) are
 //!   additive deltas; late events still count at their own event time.
 //! - **Flash-sale windows** (10 minutes sliding by 5 by default): an event counts toward a
@@ -145,6 +150,8 @@ pub struct MinuteDelta {
     pub late: i64,
     /// Events from bot-like user agents.
     pub bot: i64,
+    /// Events stamped ahead of the processing clock.
+    pub future: i64,
 }
 
 /// Per-minute totals of one product or category.
@@ -215,6 +222,13 @@ pub struct BatchOutput {
     pub late_flags: Vec<bool>,
 }
 
+impl BatchOutput {
+    /// Events stamped ahead of the processing clock (they do not drive the watermark).
+    pub fn future_events(&self) -> i64 {
+        self.minutes.values().map(|m| m.future).sum()
+    }
+}
+
 /// The state of one partition: its watermark and open sessions.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionState {
@@ -272,10 +286,18 @@ impl PartitionState {
         }
     }
 
-    /// Applies one distinct, valid event of this partition (in offset order).
-    pub fn apply(&mut self, e: &SourcedEvent, cfg: &EngineConfig, out: &mut BatchOutput) {
+    /// Applies one distinct, valid event of this partition (in offset order); `now` is
+    /// the processing clock (events ahead of it drive the watermark only up to it).
+    pub fn apply(
+        &mut self,
+        e: &SourcedEvent,
+        cfg: &EngineConfig,
+        now: EventTime,
+        out: &mut BatchOutput,
+    ) {
         let ev = &e.event;
         let ts = ev.timestamp.as_micros();
+        let future = ts > now.as_micros();
         let wm = self.watermark.map(EventTime::as_micros);
         let late = wm.is_some_and(|w| ts < w);
         let bot = is_bot_agent(ev.user_agent.as_deref());
@@ -293,6 +315,7 @@ impl PartitionState {
         m.revenue_cents += revenue;
         m.late += i64::from(late);
         m.bot += i64::from(bot);
+        m.future += i64::from(future);
 
         if let Some(pid) = &ev.product_id {
             let (views, carts, buys) = match ev.event_type {
@@ -348,7 +371,7 @@ impl PartitionState {
         }
         out.late_flags.push(late);
 
-        let cand = ts - cfg.lateness_micros;
+        let cand = ts.min(now.as_micros()) - cfg.lateness_micros;
         if wm.is_none_or(|w| cand > w) {
             self.watermark = Some(EventTime::from_micros(cand));
         }
@@ -396,6 +419,18 @@ impl PartitionState {
         self.closing.insert((s.end.as_micros() + gap, user));
         self.open.insert(user, s);
         self.touched.insert(user);
+        true
+    }
+
+    /// An idle partition (caught up, no records for the idle timeout): its watermark
+    /// follows the processing clock `now`, as if an event stamped `now` had arrived, and
+    /// the sessions it passes close. Returns whether the watermark moved.
+    pub fn advance_idle(&mut self, now: EventTime, cfg: &EngineConfig) -> bool {
+        let cand = now.as_micros() - cfg.lateness_micros;
+        if self.watermark.is_some_and(|w| w.as_micros() >= cand) {
+            return false;
+        }
+        self.watermark = Some(EventTime::from_micros(cand));
         true
     }
 

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub stalled_since: Gauge<f64, AtomicU64>,
     /// Batches split to isolate records PostgreSQL refused.
     pub batches_split: Counter,
+    /// Events stamped ahead of the processing clock.
+    pub future_events: Counter,
     /// Dead letters queued while the dead-letter topic was unreachable, delivered later
     /// from `analytics.rejected_events`.
     pub dlq_pending: Gauge,
@@ -86,6 +88,7 @@ impl Metrics {
             consecutive_failures: Gauge::default(),
             stalled_since: Gauge::default(),
             batches_split: Counter::default(),
+            future_events: Counter::default(),
             dlq_pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_processor");
@@ -169,6 +172,11 @@ impl Metrics {
             "batches_split",
             "Batches split to isolate records PostgreSQL refused",
             m.batches_split.clone(),
+        );
+        r.register(
+            "future_events",
+            "Events stamped ahead of the processing clock (they drive the watermark only up to it)",
+            m.future_events.clone(),
         );
         r.register(
             "dlq_pending_records",

@@ -80,6 +80,9 @@ pub struct ProcessorConfig {
     pub kafka_opts: Vec<(String, String)>,
     /// Longest wait between attempts while failing (the wait doubles per failure).
     pub retry_max_backoff: Duration,
+    /// A caught-up partition without records for this long follows the processing clock
+    /// (zero: never).
+    pub idle_timeout: Duration,
 }
 
 /// What a run did, for the caller's log line.
@@ -100,6 +103,27 @@ struct Part {
     /// Next offset stored in PostgreSQL (what the fence expects).
     stored_next: Option<i64>,
     state: PartitionState,
+    /// When a record of this partition was last staged (or it was assigned).
+    last_record: Instant,
+    /// The partition's log start and end offsets, as last fetched.
+    log: Option<(i64, i64)>,
+}
+
+impl Part {
+    fn new(stored_next: Option<i64>, state: PartitionState) -> Self {
+        Part {
+            stored_next,
+            state,
+            last_record: Instant::now(),
+            log: None,
+        }
+    }
+
+    /// Caught up with the log: nothing to read that is not committed.
+    fn caught_up(&self) -> bool {
+        self.log
+            .is_some_and(|(low, high)| self.stored_next.map_or(high == low, |n| n >= high))
+    }
 }
 
 struct Loop<'a> {
@@ -187,6 +211,8 @@ pub fn run(
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let mut last_prune = Instant::now();
+    let mut last_idle = Instant::now();
+    let mut last_metadata = Instant::now();
     // Pipelined: while batch N's transaction runs on the runtime, this thread polls,
     // validates and dead-letters batch N+1, probes the dedup ledger for it and applies the
     // operators, so batch N+1's transaction only writes. Operator state stays on this
@@ -278,9 +304,18 @@ pub fn run(
             l.deliver_pending_dead_letters();
             last_lag = Instant::now();
         }
+        if last_metadata.elapsed() > Duration::from_secs(30) {
+            l.refresh_partition_count();
+            last_metadata = Instant::now();
+        }
         if last_prune.elapsed() > Duration::from_secs(600) {
             l.prune();
             last_prune = Instant::now();
+        }
+        if staged.is_none() && !stopping && last_idle.elapsed() > Duration::from_secs(2) {
+            // Nothing to write: let idle partitions' watermarks follow the clock.
+            staged = l.stage_idle();
+            last_idle = Instant::now();
         }
         if let Some(s) = staged {
             inflight = Some(l.start_transaction(s));

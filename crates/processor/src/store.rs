@@ -311,8 +311,8 @@ pub async fn write_outputs(
     if !out.minutes.is_empty() {
         let mut minute = Vec::new();
         let mut ty = Vec::new();
-        let (mut events, mut units, mut revenue, mut late, mut bot) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut events, mut units, mut revenue, mut late, mut bot, mut future) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for ((m, t), d) in sorted(&out.minutes, |(m, t)| (*m, t.as_str())) {
             minute.push(ts(EventTime::from_micros(*m)));
             ty.push(t.as_str());
@@ -321,16 +321,18 @@ pub async fn write_outputs(
             revenue.push(d.revenue_cents);
             late.push(d.late);
             bot.push(d.bot);
+            future.push(d.future);
         }
         tx.execute(
             "INSERT INTO analytics.metrics_minute AS t
-                    (minute, event_type, events, units, revenue_cents, late_events, bot_events)
-             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+                    (minute, event_type, events, units, revenue_cents, late_events, bot_events, future_events)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
              ON CONFLICT (minute, event_type) DO UPDATE SET
                 events = t.events + EXCLUDED.events, units = t.units + EXCLUDED.units,
                 revenue_cents = t.revenue_cents + EXCLUDED.revenue_cents,
-                late_events = t.late_events + EXCLUDED.late_events, bot_events = t.bot_events + EXCLUDED.bot_events",
-            &[&minute, &ty, &events, &units, &revenue, &late, &bot],
+                late_events = t.late_events + EXCLUDED.late_events, bot_events = t.bot_events + EXCLUDED.bot_events,
+                future_events = t.future_events + EXCLUDED.future_events",
+            &[&minute, &ty, &events, &units, &revenue, &late, &bot, &future],
         )
         .await?;
     }

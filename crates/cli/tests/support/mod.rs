@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod corpus;
 pub mod reference;
+pub mod tables;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -359,6 +360,13 @@ impl Processor {
             ])
             .args(["--group", group, "--database-url", &db.writer_url])
             .args(["--metrics-addr", "127.0.0.1:0", "--session-timeout", "6s"])
+            // The references of most tests model a stream that may go on, so partitions
+            // only turn idle (and close everything) where a test asks for it.
+            .args(if extra.contains(&"--idle-timeout") {
+                &[][..]
+            } else {
+                &["--idle-timeout", "0s"][..]
+            })
             .args(extra)
             .stderr(log)
             .spawn()

@@ -98,6 +98,27 @@ pub fn compute(
     policy: &ValidationPolicy,
     s: Semantics,
 ) -> Expected {
+    compute_with(records, policy, s, &Options::default())
+}
+
+/// How the stream is read beyond the operator settings.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The feed has stopped and every partition went idle: its watermark followed the
+    /// clock past every session and window (all closed, all decided).
+    pub drained: bool,
+    /// The processing clock (µs) when each record `(partition, offset)` was read; an event
+    /// ahead of it drives the watermark only up to it. Absent: the clock never lags.
+    pub clock: HashMap<(i32, i64), i64>,
+}
+
+/// [`compute`] with [`Options`].
+pub fn compute_with(
+    records: &[(i32, i64, Vec<u8>)],
+    policy: &ValidationPolicy,
+    s: Semantics,
+    opts: &Options,
+) -> Expected {
     let us = 1_000_000i64;
     let mut x = Expected::default();
     let mut by_partition: BTreeMap<i32, Vec<(i64, &[u8])>> = BTreeMap::new();
@@ -237,19 +258,22 @@ pub fn compute(
             if late {
                 x.late.insert(e.event_id, absorbed);
             }
-            let cand = t - s.lateness_s * us;
+            let clock = opts.clock.get(&(p, offset)).copied().unwrap_or(i64::MAX);
+            let cand = t.min(clock) - s.lateness_s * us;
             if wm.is_none_or(|w| cand > w) {
                 wm = Some(cand);
             }
         }
         for (user, o) in open.drain() {
-            let closed = matches!(wm, Some(w) if w > o.end + s.gap_s * us);
+            let closed = opts.drained || matches!(wm, Some(w) if w > o.end + s.gap_s * us);
             finish(&mut x, user, o, !closed);
         }
         final_watermarks.push(wm);
     }
     // Alerts: windows closed on every partition, judged by their on-time counts.
-    let global = if final_watermarks.iter().all(Option::is_some) {
+    let global = if opts.drained {
+        Some(i64::MAX)
+    } else if final_watermarks.iter().all(Option::is_some) {
         final_watermarks.iter().flatten().min().copied()
     } else {
         None

@@ -51,7 +51,7 @@ fn run(
         let n = cut_iter.next().unwrap_or(1).max(1);
         let mut out = BatchOutput::default();
         for e in &events[i..(i + n).min(events.len())] {
-            st.apply(e, &cfg, &mut out);
+            st.apply(e, &cfg, EventTime::from_micros(i64::MAX), &mut out);
         }
         st.finish_batch(&cfg, &mut out);
         totals.add(&out);
@@ -236,4 +236,79 @@ proptest! {
         prop_assert_eq!(&whole, &split);
         prop_assert_eq!(&whole, &restarted);
     }
+}
+
+fn event_at(minute: i64, user: u128, kind: EventType) -> SourcedEvent {
+    let base = EventTime::parse_rfc3339("2026-11-30T12:00:00Z").unwrap();
+    let mut ev = clickstream_model::Event::new(
+        Uuid::from_u128(minute as u128 * 1_000 + user),
+        kind,
+        base.add_micros(minute * MINUTE),
+        Uuid::from_u128(user),
+        Uuid::from_u128(user),
+    );
+    ev.product_id = Some("P1".into());
+    SourcedEvent {
+        event: ev,
+        partition: 0,
+        offset: minute,
+    }
+}
+
+/// One event stamped 59 minutes ahead of the processing clock drives the watermark only
+/// up to the clock: the events after it are not late, and sessions stay open.
+#[test]
+fn an_event_from_a_wrong_clock_does_not_drag_the_watermark() {
+    let cfg = EngineConfig::default();
+    let mut st = PartitionState::default();
+    let mut out = BatchOutput::default();
+    // A live feed: each event is processed a second after its time.
+    let live = |e: &SourcedEvent| e.event.timestamp.add_micros(1_000_000);
+    for m in 0..20 {
+        let e = event_at(m, 1, EventType::PageView);
+        st.apply(&e, &cfg, live(&e), &mut out);
+        if m == 5 {
+            let skewed = event_at(64, 2, EventType::PageView);
+            st.apply(&skewed, &cfg, live(&e), &mut out);
+        }
+    }
+    st.finish_batch(&cfg, &mut out);
+    assert!(out.late.is_empty(), "{:?}", out.late);
+    assert_eq!(out.future_events(), 1);
+    let last = event_at(19, 1, EventType::PageView).event.timestamp;
+    assert_eq!(
+        st.watermark.unwrap().as_micros(),
+        last.as_micros() - 2 * MINUTE
+    );
+    assert_eq!(st.open_sessions(), 2);
+    // Every window of the hour after stays open on this partition.
+    assert!(out.windows.values().all(|w| w.late_views == 0));
+}
+
+/// A stopped feed: once idle, the watermark follows the clock and closes every session.
+#[test]
+fn an_idle_partition_follows_the_clock_and_closes_its_sessions() {
+    let cfg = EngineConfig::default();
+    let clock = EventTime::parse_rfc3339("2026-11-30T12:10:00Z").unwrap();
+    let mut st = PartitionState::default();
+    let mut out = BatchOutput::default();
+    for (m, u) in [(0, 1), (1, 2), (9, 3)] {
+        st.apply(&event_at(m, u, EventType::PageView), &cfg, clock, &mut out);
+    }
+    st.finish_batch(&cfg, &mut out);
+    assert_eq!(st.open_sessions(), 3);
+    let later = clock.add_micros(25 * MINUTE);
+    assert!(st.advance_idle(later, &cfg));
+    assert!(
+        !st.advance_idle(later, &cfg),
+        "no move without time passing"
+    );
+    let mut out = BatchOutput::default();
+    st.finish_batch(&cfg, &mut out);
+    // Closed: the sessions whose last event + 30 min gap the watermark (later - 2 min) passed.
+    assert_eq!(st.open_sessions(), 1);
+    assert_eq!(out.sessions.values().filter(|s| !s.is_open).count(), 2);
+    assert!(st.advance_idle(clock.add_micros(60 * MINUTE), &cfg));
+    st.finish_batch(&cfg, &mut BatchOutput::default());
+    assert_eq!(st.open_sessions(), 0);
 }

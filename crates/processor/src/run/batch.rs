@@ -126,15 +126,17 @@ impl Loop<'_> {
             fresh.retain(|e| !known.contains(&e.event.key()));
         }
         let engine = &self.cfg.engine;
+        let now = EventTime::now();
         let mut out = BatchOutput::default();
         for e in &fresh {
             if let Some(part) = self.parts.get_mut(&e.partition) {
-                part.state.apply(e, engine, &mut out);
+                part.state.apply(e, engine, now, &mut out);
             }
         }
         let mut positions = Vec::with_capacity(p.ends.len());
         for (partition, next) in &p.ends {
             if let Some(part) = self.parts.get_mut(partition) {
+                part.last_record = Instant::now();
                 part.state.finish_batch(engine, &mut out);
                 positions.push(Position {
                     partition: *partition,
@@ -166,6 +168,61 @@ impl Loop<'_> {
             keys,
             probe_time: probed,
             apply_time: t0.elapsed() - probed,
+        })
+    }
+
+    /// A batch without records for the partitions that are idle: caught up and without a
+    /// record for the idle timeout. Their watermarks follow the processing clock (see
+    /// [`crate::engine::PartitionState::advance_idle`]), which closes their sessions and
+    /// lets the global watermark decide flash-sale windows after a feed stops, or on a topic
+    /// where only some partitions get traffic. `None` when no partition is idle.
+    pub(super) fn stage_idle(&mut self) -> Option<Staged> {
+        let timeout = self.cfg.idle_timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let engine = &self.cfg.engine;
+        let now = EventTime::now();
+        let mut out = BatchOutput::default();
+        let mut positions = Vec::new();
+        let mut ends = HashMap::new();
+        for (p, part) in &mut self.parts {
+            if !part.caught_up() || part.last_record.elapsed() < timeout {
+                continue;
+            }
+            if !part.state.advance_idle(now, engine) {
+                continue;
+            }
+            part.state.finish_batch(engine, &mut out);
+            // Caught up: the stored offset, or the log's end for a partition never written.
+            let next = part
+                .stored_next
+                .or(part.log.map(|(_, high)| high))
+                .unwrap_or(0);
+            ends.insert(*p, next);
+            positions.push(Position {
+                partition: *p,
+                next_offset: next,
+                watermark: part.state.watermark,
+                max_event_time: part.state.max_event_time,
+            });
+        }
+        if ends.is_empty() {
+            return None;
+        }
+        tracing::trace!(partitions = ?ends.keys().collect::<Vec<_>>(), "idle partitions follow the clock");
+        Some(Staged {
+            fresh: Vec::new(),
+            out,
+            positions,
+            rejected: Vec::new(),
+            ends,
+            counts: Heartbeat::default(),
+            single: None,
+            first_polled: Instant::now(),
+            keys: HashSet::new(),
+            probe_time: Duration::ZERO,
+            apply_time: Duration::ZERO,
         })
     }
 
@@ -238,11 +295,14 @@ impl Loop<'_> {
             .committed(staged.ends.iter().map(|(p, n)| (*p, *n)));
         self.recovered();
         let m = &self.metrics;
-        m.commit_seconds.observe(done.phases[2].as_secs_f64());
-        m.batch_seconds
-            .observe(staged.first_polled.elapsed().as_secs_f64());
-        m.batches.inc();
-        m.batch_size.observe(c.records as f64);
+        if c.records > 0 {
+            m.commit_seconds.observe(done.phases[2].as_secs_f64());
+            m.batch_seconds
+                .observe(staged.first_polled.elapsed().as_secs_f64());
+            m.batches.inc();
+            m.batch_size.observe(c.records as f64);
+        }
+        m.future_events.inc_by(staged.out.future_events() as u64);
         m.records_in.inc_by(c.records as u64);
         m.events_valid.inc_by(c.events as u64);
         m.duplicates.inc_by(c.duplicates as u64);

@@ -46,6 +46,8 @@ pub(super) fn create_consumer(
         // queue was full: with a bounded queue that pause, not PostgreSQL, set the pace.
         .set("fetch.queue.backoff.ms", "10")
         .set("max.partition.fetch.bytes", "4194304")
+        // Partitions added to the topic are assigned within 30 s, not librdkafka's 5 min.
+        .set("topic.metadata.refresh.interval.ms", "30000")
         .set("client.id", &cfg.instance_id);
     for (k, v) in &cfg.kafka_opts {
         kc.set(k, v);
@@ -144,13 +146,7 @@ impl Loop<'_> {
             match change {
                 Assignment::Assigned(loaded) => {
                     for (p, sp) in loaded {
-                        self.parts.insert(
-                            p,
-                            Part {
-                                stored_next: sp.next_offset,
-                                state: sp.state,
-                            },
-                        );
+                        self.parts.insert(p, Part::new(sp.next_offset, sp.state));
                     }
                 }
                 Assignment::Revoked(ps) => {
@@ -256,13 +252,7 @@ impl Loop<'_> {
                     partition: p,
                     error,
                 })?;
-            self.parts.insert(
-                p,
-                Part {
-                    stored_next: sp.next_offset,
-                    state: sp.state,
-                },
-            );
+            self.parts.insert(p, Part::new(sp.next_offset, sp.state));
         }
         Ok(())
     }

@@ -45,13 +45,16 @@ impl Loop<'_> {
         Ok(())
     }
 
-    pub(super) fn update_lag(&self) {
-        for (p, part) in &self.parts {
-            if let Ok((_, high)) =
+    /// Fetches each assigned partition's log range: lag for `/metrics`, and whether the
+    /// partition is caught up (for idleness).
+    pub(super) fn update_lag(&mut self) {
+        for (p, part) in &mut self.parts {
+            if let Ok((low, high)) =
                 self.consumer
                     .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1))
             {
-                let lag = high - part.stored_next.unwrap_or(0);
+                part.log = Some((low, high));
+                let lag = high - part.stored_next.unwrap_or(low);
                 self.metrics
                     .lag
                     .get_or_create(&PartitionLabel { partition: *p })
@@ -72,6 +75,18 @@ impl Loop<'_> {
         );
         if let Err(e) = self.handle.block_on(touch) {
             tracing::debug!(error = %e, "heartbeat failed; the next commit writes it");
+        }
+    }
+
+    /// Notices partitions added to the topic: the global watermark waits for all of them.
+    pub(super) fn refresh_partition_count(&mut self) {
+        match super::consumer::partition_count(&self.consumer, &self.cfg.topic) {
+            Ok(Some(n)) if n != self.partition_count => {
+                tracing::info!(from = self.partition_count, to = n, topic = %self.cfg.topic, "partition count changed");
+                self.partition_count = n;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "reading topic metadata failed"),
         }
     }
 
