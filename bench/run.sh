@@ -7,7 +7,9 @@
 #                              produce to commit at a fixed 5,000 events/s
 #   bench/run.sh lake          lake writer (Kafka -> bronze + silver Parquet) throughput and
 #                              the daily gold batch over one day of BENCH_LAKE_EVENTS events
-#   bench/run.sh               all of them
+#   bench/run.sh fuzz          property-based fuzzing of decode -> validate -> operators,
+#                              BENCH_FUZZ_CASES (default 1000000) cases per property, release
+#   bench/run.sh               all of them (but fuzz)
 #
 # Settings: BENCH_EVENTS (generator runs, default 5000000), BENCH_PROCESSOR_EVENTS
 # (default 2000000), BENCH_LATENCY_SECONDS (default 60), BENCH_LAKE_EVENTS (default 5000000),
@@ -21,6 +23,13 @@ cd "$ROOT"
 
 N=${BENCH_EVENTS:-5000000}
 what=${1:-all}
+if [ "$what" = fuzz ]; then
+    cases=${BENCH_FUZZ_CASES:-1000000}
+    start=$(date +%s)
+    FUZZ_CASES=$cases cargo test --release --locked -p clickstream-processor --test fuzz
+    echo "fuzz: $cases cases per property, 4 properties, 0 panics, $(($(date +%s) - start)) s (including the build)"
+    exit 0
+fi
 apt_ensure time
 cargo build --release --locked --bin clickstream --bin latency-probe 2>&1 | tail -n1 >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/clickstream
