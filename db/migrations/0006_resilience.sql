@@ -24,3 +24,12 @@ CREATE INDEX rejected_events_dlq_pending_idx ON analytics.rejected_events (topic
 -- only up to the clock (see ARCHITECTURE.md, "Watermarks and wrong clocks").
 ALTER TABLE analytics.metrics_minute
     ADD COLUMN future_events bigint NOT NULL DEFAULT 0;
+
+-- Alerts are an outbox: sinks (log, webhooks) deliver rows whose notified_at is NULL after
+-- the batch that raised them committed, then set it; a crash in between re-delivers.
+ALTER TABLE analytics.flash_sale_alerts ADD COLUMN notified_at timestamptz;
+UPDATE analytics.flash_sale_alerts SET notified_at = raised_at;
+COMMENT ON COLUMN analytics.flash_sale_alerts.notified_at IS
+    'When the alert sinks were told; NULL until then (delivered at least once).';
+CREATE INDEX flash_sale_alerts_unnotified_idx ON analytics.flash_sale_alerts (window_start, product_id)
+    WHERE notified_at IS NULL;

@@ -46,12 +46,9 @@ pub struct LakeArgs {
     /// event are kept out of silver (the batch deduplicates whole days again).
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     dedup_window: Duration,
-    /// Oldest event time silver accepts (keep equal to the processor's).
-    #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
-    max_event_age: Duration,
-    /// Furthest future event time silver accepts.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    max_event_future: Duration,
+    /// The same bounds as the processor's (the same flags and variables).
+    #[command(flatten)]
+    contract: crate::ContractArgs,
     /// Exit (after committing) once the topic's end offsets at start are written: a
     /// one-shot backfill rather than a service.
     #[arg(long)]
@@ -71,8 +68,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
         roll_interval: args.roll_interval,
         row_group_rows: args.row_group_rows,
         dedup_window: args.dedup_window,
-        max_event_age: args.max_event_age,
-        max_event_future: args.max_event_future,
+        limits: args.contract.limits(),
         stop_at_end: args.stop_at_end,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -87,6 +83,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
         duplicates = report.duplicates,
         invalid = report.invalid,
         ranges = report.ranges,
+        lost_to_retention = report.lost_to_retention,
         "lake writer done"
     );
     Ok(())

@@ -80,6 +80,31 @@ pub(crate) struct SourceArgs {
     pub topic: String,
 }
 
+/// The contract's bounds, shared by `process` and `lake` so both accept the same records.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ContractArgs {
+    /// Reject events older than this (also how long event keys are remembered for dedup).
+    #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
+    max_event_age: std::time::Duration,
+    /// Reject events further in the future than this (clock skew).
+    #[arg(long, env = "CLICKSTREAM_MAX_EVENT_FUTURE", default_value = "1h", value_parser = humantime::parse_duration)]
+    max_event_future: std::time::Duration,
+    /// Reject records larger than this many bytes.
+    #[arg(long, env = "CLICKSTREAM_MAX_RECORD_BYTES", default_value_t = 65_536)]
+    max_record_bytes: usize,
+}
+
+impl ContractArgs {
+    /// The limits these flags set.
+    pub(crate) fn limits(&self) -> clickstream_model::ContractLimits {
+        clickstream_model::ContractLimits {
+            max_age_micros: self.max_event_age.as_micros() as i64,
+            max_future_micros: self.max_event_future.as_micros() as i64,
+            max_bytes: self.max_record_bytes,
+        }
+    }
+}
+
 /// Parses `key=value` (librdkafka properties).
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

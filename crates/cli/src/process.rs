@@ -52,15 +52,8 @@ pub struct ProcessArgs {
     /// ... and fewer purchases than this.
     #[arg(long, env = "CLICKSTREAM_ALERT_MAX_PURCHASES", default_value_t = 5)]
     alert_max_purchases: i64,
-    /// Reject events older than this (also how long event keys are remembered for dedup).
-    #[arg(long, env = "CLICKSTREAM_MAX_EVENT_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
-    max_event_age: Duration,
-    /// Reject events further in the future than this (clock skew).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    max_event_future: Duration,
-    /// Reject records larger than this many bytes.
-    #[arg(long, default_value_t = 65_536)]
-    max_record_bytes: usize,
+    #[command(flatten)]
+    contract: crate::ContractArgs,
     /// Also keep every distinct valid event in `analytics.events` (off by default: the
     /// lake's bronze and silver layers are the audit trail, and this table costs about a
     /// third of the processor's throughput).
@@ -120,9 +113,7 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
             min_views: args.alert_min_views,
             max_purchases: args.alert_max_purchases,
         },
-        max_event_age: args.max_event_age,
-        max_event_future: args.max_event_future,
-        max_record_bytes: args.max_record_bytes,
+        limits: args.contract.limits(),
         audit_events: args.audit,
         durable_commits: args.durable_commits,
         session_timeout: args.session_timeout,

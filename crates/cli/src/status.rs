@@ -16,6 +16,9 @@ pub struct StatusArgs {
     /// PostgreSQL URL (the read-only role is enough).
     #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// Lake root; its writer's progress and retention gaps are shown when it exists.
+    #[arg(long, env = "CLICKSTREAM_LAKE_DIR", default_value = "data")]
+    lake_dir: std::path::PathBuf,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
@@ -72,6 +75,35 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         println!("{p:>9} {committed:>12} {high:>12} {lag:>10}  {wm:<32} {age:>12}");
     }
     println!("total lag: {total_lag} records");
+    if args.lake_dir.join("bronze").is_dir() {
+        let lake = clickstream_lake::Lake::new(&args.lake_dir);
+        let committed = lake.committed_offsets().context("reading the lake")?;
+        let gaps = lake
+            .retention_gaps()
+            .context("reading the lake's retention gaps")?;
+        let mut lake_lag = 0i64;
+        for p in &partitions {
+            let (_, high) = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(&args.source.topic, *p, Duration::from_secs(5))
+            })?;
+            lake_lag += (high - committed.get(p).copied().unwrap_or(0)).max(0);
+        }
+        let lost: i64 = gaps.values().sum();
+        println!(
+            "lake {}: {lake_lag} records not yet committed to bronze/silver{}",
+            args.lake_dir.display(),
+            if lost > 0 {
+                format!(
+                    "; {lost} RECORDS LOST TO KAFKA RETENTION before the lake read them (see {})",
+                    args.lake_dir
+                        .join(clickstream_lake::layout::GAPS_FILE)
+                        .display()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let inst = client
         .query(
             "SELECT instance_id, extract(epoch FROM now() - last_commit_at)::float8,

@@ -158,6 +158,20 @@ async fn a_stopped_feed_closes_every_session_and_decides_every_window() {
     .await;
     assert_eq!(with_watermark, 6);
     assert_tables_equal(&want, &actual(&db).await);
+    // Every alert went through the outbox to the log sink, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &db,
+        "SELECT count(*) FROM analytics.flash_sale_alerts WHERE notified_at IS NULL",
+    )
+    .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "alerts left undelivered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert_eq!(log.matches("flash-sale alert").count(), want.alerts.len());
     p.stop();
     db.drop().await;
 }

@@ -746,3 +746,101 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
     db.drop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Offsets of the bronze files under `dir`, sorted.
+fn bronze_offsets(dir: &Path) -> Vec<i64> {
+    let mut offsets: Vec<i64> = walk(&dir.join("bronze"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .flat_map(|p| read_bronze(p).unwrap())
+        .map(|r| r.offset)
+        .collect();
+    offsets.sort_unstable();
+    offsets
+}
+
+fn produce_purchases(s: &Services, topic: &str, n: usize) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .unwrap();
+    for _ in 0..n {
+        let v = serde_json::to_vec(&support::corpus::purchase(5)).unwrap();
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(topic).partition(0).payload(&v))
+            .unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Records deleted by Kafka's retention before the lake read them are never skipped in
+/// silence: the writer resumes at the log's start, says how many were lost, notes them in
+/// the lake, and `status` shows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_lost_to_retention_are_reported_not_skipped_silently() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let s = services();
+    let topic = unique("retention");
+    create_topic(&s.bootstrap, &topic, 1).await;
+    let dir = lake_dir();
+    let backfill = |dir: &Path| {
+        let out = clickstream()
+            .args(["lake", "--bootstrap", &s.bootstrap, "--topic", &topic])
+            .args(["--group", &unique("lake"), "--stop-at-end"])
+            .arg("--lake-dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    produce_purchases(&s, &topic, 100);
+    let log = backfill(&dir);
+    assert!(!log.contains("deleted by Kafka retention"), "{log}");
+    assert_eq!(bronze_offsets(&dir), (0..100).collect::<Vec<_>>());
+
+    // 100 more while the writer is down, and retention deletes everything before 150.
+    produce_purchases(&s, &topic, 100);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150))
+        .unwrap();
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .unwrap();
+    let log = backfill(&dir);
+    assert!(log.contains("deleted by Kafka retention"), "{log}");
+    assert!(log.contains("records=50"), "{log}");
+    let mut want: Vec<i64> = (0..100).collect();
+    want.extend(150..200);
+    assert_eq!(
+        bronze_offsets(&dir),
+        want,
+        "resumed at the log start, nothing else lost"
+    );
+    let lake = Lake::new(&dir);
+    assert_eq!(lake.retention_gaps().unwrap(), HashMap::from([(0, 50)]));
+    let db = TestDb::create(&s).await;
+    let status = clickstream()
+        .args(["status", "--bootstrap", &s.bootstrap, "--topic", &topic])
+        .args(["--group", &unique("g"), "--database-url", &db.reader_url])
+        .arg("--lake-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(out.contains("50 RECORDS LOST TO KAFKA RETENTION"), "{out}");
+    db.drop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

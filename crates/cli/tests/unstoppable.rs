@@ -570,3 +570,46 @@ async fn a_dead_letter_outage_never_holds_up_the_stream() {
     p.stop();
     db.drop().await;
 }
+
+/// Alerts are an outbox: one committed but never handed to the sinks (the instance died
+/// in between) is delivered by the next instance, once, and marked notified.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_committed_but_not_notified_is_delivered_after_a_restart() {
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let c = connect(&db.admin_url).await;
+    c.batch_execute(
+        "INSERT INTO analytics.flash_sale_alerts
+                (window_start, window_end, product_id, views, purchases, notified_at)
+         VALUES (now() - interval '20 minutes', now() - interval '10 minutes', 'P-OUTBOX', 250, 1, NULL),
+                (now() - interval '30 minutes', now() - interval '20 minutes', 'P-DONE', 300, 0, now())",
+    )
+    .await
+    .unwrap();
+    let topic = unique("raw");
+    create_topic(&s.bootstrap, &topic, 1).await;
+    let dlq = dead_letter_topic(&s).await;
+    let p = Processor::start(&s, &db, &topic, &dlq, &unique("g"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar(
+        &c,
+        "SELECT count(*) FROM analytics.flash_sale_alerts WHERE notified_at IS NULL",
+    )
+    .await
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "undelivered alert left in the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert_eq!(log.matches("P-OUTBOX").count(), 1, "{log}");
+    assert!(
+        !log.contains("P-DONE"),
+        "a delivered alert is not delivered again"
+    );
+    p.stop();
+    db.drop().await;
+}

@@ -56,6 +56,9 @@ impl Range {
     }
 }
 
+/// Where the writer notes records lost to retention.
+pub const GAPS_FILE: &str = "_retention_gaps.jsonl";
+
 /// The lake's root directory.
 #[derive(Debug, Clone)]
 pub struct Lake {
@@ -143,6 +146,43 @@ impl Lake {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// Records that retention deleted offsets `[from, to)` of `partition` before the lake
+    /// read them: one JSON line in `_retention_gaps.jsonl` at the root (read by `status`).
+    pub fn record_gap(&self, partition: i32, from: i64, to: i64) -> io::Result<()> {
+        use std::io::Write;
+        fs::create_dir_all(&self.root)?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(GAPS_FILE))?;
+        writeln!(
+            f,
+            "{{\"partition\":{partition},\"from\":{from},\"to\":{to},\"records\":{},\"detected_at\":\"{}\"}}",
+            to - from,
+            clickstream_model::EventTime::now()
+        )
+    }
+
+    /// Records lost to retention so far, per partition (from [`Lake::record_gap`]).
+    pub fn retention_gaps(&self) -> io::Result<HashMap<i32, i64>> {
+        let text = match fs::read_to_string(self.root.join(GAPS_FILE)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = HashMap::new();
+        for line in text.lines() {
+            let field = |name: &str| -> Option<i64> {
+                let rest = line.split(&format!("\"{name}\":")).nth(1)?;
+                rest.split([',', '}']).next()?.parse().ok()
+            };
+            if let (Some(p), Some(n)) = (field("partition"), field("records")) {
+                *out.entry(p as i32).or_insert(0) += n;
+            }
+        }
         Ok(out)
     }
 

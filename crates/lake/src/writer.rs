@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow_array::{StringArray, TimestampMicrosecondArray};
-use clickstream_model::{parse_event, EventTime, EventType, ValidationPolicy};
+use clickstream_model::{parse_event, ContractLimits, EventTime, EventType, ValidationPolicy};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -60,10 +60,8 @@ pub struct WriterConfig {
     /// Re-sent events whose event time is within this much of the partition's newest event
     /// are dropped from silver.
     pub dedup_window: Duration,
-    /// Oldest event time silver accepts (as the processor's `--max-event-age`).
-    pub max_event_age: Duration,
-    /// Furthest future event time silver accepts.
-    pub max_event_future: Duration,
+    /// The contract's bounds, the same as the processor's.
+    pub limits: ContractLimits,
     /// Stop (committing everything) once every partition reached the end offset it had
     /// when the writer started: a one-shot backfill instead of a service.
     pub stop_at_end: bool,
@@ -82,6 +80,8 @@ pub struct WriterReport {
     pub invalid: u64,
     /// Ranges committed.
     pub ranges: u64,
+    /// Records deleted by Kafka's retention before the lake read them.
+    pub lost_to_retention: u64,
 }
 
 /// A Parquet file being written under a temporary name.
@@ -253,10 +253,7 @@ impl LakeWriter {
     }
 
     fn policy(&self) -> ValidationPolicy {
-        let mut p = ValidationPolicy::new(EventTime::now());
-        p.max_age_micros = self.cfg.max_event_age.as_micros() as i64;
-        p.max_future_micros = self.cfg.max_event_future.as_micros() as i64;
-        p
+        self.cfg.limits.policy(EventTime::now())
     }
 
     /// Consumes until `stop` is set, then commits every open range and returns.
@@ -266,6 +263,9 @@ impl LakeWriter {
             .set("group.id", &self.cfg.group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // The lake decides where to resume; if that offset is gone (retention), start at
+            // the log's beginning and report the gap rather than jump to the end.
+            .set("auto.offset.reset", "earliest")
             // Bounded prefetch (8 MB per partition), and no 1 s pause (librdkafka's default
             // fetch.queue.backoff.ms) each time a partition's queue is full.
             .set("queued.max.messages.kbytes", "8192")
@@ -280,8 +280,11 @@ impl LakeWriter {
             .collect();
         if partitions.is_empty() {
             return Err(LakeError::Config(format!(
-                "topic {} has no partitions (does it exist?)",
-                self.cfg.topic
+                "topic `{topic}` does not exist on {bootstrap}. Create it (`clickstream generate` \
+                 does, or `kafka-topics.sh --bootstrap-server {bootstrap} --create --topic {topic} \
+                 --partitions 6`), or name an existing topic with --topic",
+                topic = self.cfg.topic,
+                bootstrap = self.cfg.bootstrap,
             )));
         }
         let committed = self
@@ -294,7 +297,13 @@ impl LakeWriter {
             .map_err(|e| LakeError::io(self.lake.root(), e))?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            let start = committed.get(p).copied().unwrap_or(0);
+            let mut start = committed.get(p).copied().unwrap_or(0);
+            let (low, _) =
+                consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(10))?;
+            if start < low {
+                self.retention_gap(*p, start, low);
+                start = low;
+            }
             let dedup = self.load_dedup(*p, &silver)?;
             tracing::info!(
                 partition = p,
@@ -323,6 +332,7 @@ impl LakeWriter {
         tracing::info!(topic = %self.cfg.topic, partitions = partitions.len(), root = %self.lake.root().display(), "lake writer started");
         let mut policy = self.policy();
         let mut last_check = Instant::now();
+        let mut kafka_failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             if self.cfg.stop_at_end
                 && self
@@ -334,7 +344,32 @@ impl LakeWriter {
                 break;
             }
             if let Some(msg) = consumer.poll(Duration::from_millis(100)) {
-                let msg = msg?;
+                let msg = match msg {
+                    Ok(m) => {
+                        kafka_failures = 0;
+                        m
+                    }
+                    Err(e) if !is_fatal(&e) => {
+                        // The broker away, a leader moving: librdkafka reconnects by itself.
+                        kafka_failures += 1;
+                        let wait = Duration::from_millis(100 << kafka_failures.min(7));
+                        tracing::warn!(error = %e, failures = kafka_failures, retry_in = ?wait, "kafka error; retrying");
+                        std::thread::sleep(wait);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let expected = self.parts.get(&msg.partition()).map(|f| f.next);
+                if let Some(next) = expected.filter(|n| msg.offset() > *n) {
+                    // Offsets skipped: retention deleted them (the consumer restarted at the
+                    // log's beginning), or they are transaction markers (not data).
+                    let (low, _) = consumer
+                        .fetch_watermarks(&self.cfg.topic, msg.partition(), Duration::from_secs(10))
+                        .unwrap_or((0, 0));
+                    if low > next {
+                        self.retention_gap(msg.partition(), next, low.min(msg.offset()));
+                    }
+                }
                 let rec = RawRecord {
                     topic: msg.topic(),
                     partition: msg.partition(),
@@ -369,6 +404,23 @@ impl LakeWriter {
         }
         tracing::info!("lake writer stopped; every open range was committed");
         Ok(self.report)
+    }
+
+    /// Offsets `[from, to)` of `partition` were deleted by retention before the lake read
+    /// them: said loudly, counted, and noted in the lake for `clickstream status`.
+    fn retention_gap(&mut self, partition: i32, from: i64, to: i64) {
+        let records = (to - from).max(0) as u64;
+        self.report.lost_to_retention += records;
+        tracing::error!(
+            partition,
+            from,
+            to,
+            records,
+            "records deleted by Kafka retention before the lake read them; they are not in bronze or silver"
+        );
+        if let Err(e) = self.lake.record_gap(partition, from, to) {
+            tracing::error!(error = %e, "could not note the retention gap in the lake");
+        }
     }
 
     fn append(&mut self, r: &RawRecord<'_>, policy: &ValidationPolicy) -> Result<(), LakeError> {
@@ -529,4 +581,19 @@ fn read_ids(path: &std::path::Path) -> Result<Vec<(i64, u128)>, LakeError> {
         }
     }
     Ok(out)
+}
+
+/// Kafka errors no retry can fix (librdkafka's fatal errors, authentication).
+fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::Fatal
+                | C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::TopicAuthorizationFailed
+                | C::GroupAuthorizationFailed
+        )
+    )
 }

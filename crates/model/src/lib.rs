@@ -20,7 +20,9 @@ pub mod validate;
 pub use catalog::Product;
 pub use event::{Event, EventKey, EventType, Money};
 pub use time::EventTime;
-pub use validate::{parse_event, printable, RejectReason, ValidationPolicy, DAY_MICROS};
+pub use validate::{
+    parse_event, printable, ContractLimits, RejectReason, ValidationPolicy, DAY_MICROS,
+};
 
 /// The only schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;

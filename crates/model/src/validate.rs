@@ -36,6 +36,42 @@ pub struct ValidationPolicy {
 /// One day in microseconds.
 pub const DAY_MICROS: i64 = 86_400 * 1_000_000;
 
+/// The bounds of the contract a deployment chooses (record size, oldest and furthest
+/// future event time). Every reader of the raw topic (the processor, the lake writer)
+/// validates with the same limits, so they can never accept different records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContractLimits {
+    /// Oldest accepted event time, as microseconds before now (also the dedup horizon).
+    pub max_age_micros: i64,
+    /// Furthest accepted event time ahead of now, in microseconds.
+    pub max_future_micros: i64,
+    /// Largest accepted record in bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for ContractLimits {
+    /// 7 days old, 1 hour ahead, 64 KiB: see [`ValidationPolicy::new`].
+    fn default() -> Self {
+        let p = ValidationPolicy::new(EventTime::from_micros(0));
+        ContractLimits {
+            max_age_micros: p.max_age_micros,
+            max_future_micros: p.max_future_micros,
+            max_bytes: p.max_bytes,
+        }
+    }
+}
+
+impl ContractLimits {
+    /// The validation policy with these limits at `now`.
+    pub fn policy(&self, now: EventTime) -> ValidationPolicy {
+        let mut p = ValidationPolicy::new(now);
+        p.max_age_micros = self.max_age_micros;
+        p.max_future_micros = self.max_future_micros;
+        p.max_bytes = self.max_bytes;
+        p
+    }
+}
+
 impl ValidationPolicy {
     /// Defaults: events up to 7 days old and 1 hour ahead, 64 KiB records, prices and
     /// amounts up to 1,000,000.00, quantities up to 1,000.

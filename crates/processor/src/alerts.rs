@@ -1,13 +1,17 @@
-//! Destinations for flash-sale alerts. The alert table is written in the batch
-//! transaction; sinks here run after the commit (at most once per alert per instance),
-//! so a webhook can be added without touching exactly-once state.
+//! Destinations for flash-sale alerts, fed from an outbox. The alert row is written in the
+//! batch transaction with `notified_at` NULL; after the commit, housekeeping claims
+//! undelivered rows (`FOR UPDATE SKIP LOCKED`, so two instances never deliver the same one
+//! at once), hands them to every sink and marks them notified in the same transaction. A
+//! crash between delivery and that commit delivers again on restart: at least once, never
+//! lost. Adding a webhook never touches exactly-once state.
 
 use crate::store::Alert;
 
 /// Something that wants to hear about alerts.
 pub trait AlertSink: Send {
-    /// Called once per newly raised alert, after it is committed.
-    fn raise(&mut self, alert: &Alert);
+    /// Called for each alert not yet delivered. An error leaves the alert undelivered; it
+    /// is offered again (to every sink) on the next round.
+    fn raise(&mut self, alert: &Alert) -> Result<(), String>;
 }
 
 /// Logs each alert at WARN level.
@@ -15,7 +19,7 @@ pub trait AlertSink: Send {
 pub struct LogAlertSink;
 
 impl AlertSink for LogAlertSink {
-    fn raise(&mut self, a: &Alert) {
+    fn raise(&mut self, a: &Alert) -> Result<(), String> {
         tracing::warn!(
             product = %a.product_id,
             window_start = %a.window_start,
@@ -24,5 +28,6 @@ impl AlertSink for LogAlertSink {
             purchases = a.purchases,
             "flash-sale alert: many views, few purchases"
         );
+        Ok(())
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream_model::EventTime;
+use clickstream_model::{ContractLimits, EventTime};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Handle;
 use tokio_postgres::Client;
@@ -60,12 +60,9 @@ pub struct ProcessorConfig {
     pub engine: EngineConfig,
     /// Flash-sale thresholds.
     pub alert: AlertRule,
-    /// Oldest accepted event time, before now (also the dedup horizon).
-    pub max_event_age: Duration,
-    /// Furthest accepted event time ahead of now.
-    pub max_event_future: Duration,
-    /// Largest accepted record.
-    pub max_record_bytes: usize,
+    /// The contract's bounds (shared with the lake writer); the oldest accepted event time
+    /// is also the dedup horizon.
+    pub limits: ContractLimits,
     /// Keep every valid distinct event in `analytics.events`.
     pub audit_events: bool,
     /// Wait for each batch's WAL flush before the next batch (PostgreSQL's
@@ -301,6 +298,7 @@ pub fn run(
                 tracing::warn!(error = %e, "evaluating alerts failed; will retry");
             }
             l.touch_heartbeat();
+            l.deliver_alerts();
             l.deliver_pending_dead_letters();
             last_lag = Instant::now();
         }

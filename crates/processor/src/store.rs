@@ -757,6 +757,49 @@ pub async fn raise_alerts(
         .collect())
 }
 
+/// Claims up to `limit` alerts not yet delivered, locking their rows until `tx` ends and
+/// skipping rows another instance is delivering.
+pub async fn claim_undelivered_alerts(
+    tx: &Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<Alert>, ProcessorError> {
+    let rows = tx
+        .query(
+            "SELECT window_start, window_end, product_id, views, purchases
+               FROM analytics.flash_sale_alerts
+              WHERE notified_at IS NULL
+              ORDER BY window_start, product_id
+              LIMIT $1
+                FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Alert {
+            window_start: from_ts(r.get(0)),
+            window_end: from_ts(r.get(1)),
+            product_id: r.get(2),
+            views: r.get(3),
+            purchases: r.get(4),
+        })
+        .collect())
+}
+
+/// Marks alerts delivered.
+pub async fn mark_notified(tx: &Transaction<'_>, alerts: &[Alert]) -> Result<(), ProcessorError> {
+    let start: Vec<DateTime<Utc>> = alerts.iter().map(|a| ts(a.window_start)).collect();
+    let product: Vec<&str> = alerts.iter().map(|a| a.product_id.as_str()).collect();
+    tx.execute(
+        "UPDATE analytics.flash_sale_alerts a SET notified_at = now()
+           FROM UNNEST($1::timestamptz[], $2::text[]) AS u(s, p)
+          WHERE a.window_start = u.s AND a.product_id = u.p",
+        &[&start, &product],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Per-instance counters for `clickstream status`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Heartbeat {

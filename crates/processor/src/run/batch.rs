@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream_model::{parse_event, printable, EventKey, EventTime, ValidationPolicy};
+use clickstream_model::{parse_event, printable, EventKey, EventTime};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::Client;
@@ -28,18 +28,10 @@ const DLQ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(12);
 pub const UNSTORABLE: &str = "unstorable";
 
 impl Loop<'_> {
-    fn policy(&self) -> ValidationPolicy {
-        let mut p = ValidationPolicy::new(EventTime::now());
-        p.max_age_micros = self.cfg.max_event_age.as_micros() as i64;
-        p.max_future_micros = self.cfg.max_event_future.as_micros() as i64;
-        p.max_bytes = self.cfg.max_record_bytes;
-        p
-    }
-
     /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
     /// commit that covers them, so a crash can repeat a dead letter but never lose one).
     pub(super) fn prepare(&mut self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
-        let policy = self.policy();
+        let policy = self.cfg.limits.policy(EventTime::now());
         let mut valid = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -323,10 +315,8 @@ impl Loop<'_> {
                 .map(|p| p.state.open_sessions() as i64)
                 .sum(),
         );
-        for a in &done.alerts {
-            for s in &mut self.sinks {
-                s.raise(a);
-            }
+        if !done.alerts.is_empty() {
+            self.deliver_alerts();
         }
         tracing::debug!(
             records = c.records,

@@ -37,12 +37,44 @@ impl Loop<'_> {
             self.alerts_closed_until = gwm.max(since);
         }
         self.metrics.alerts.inc_by(alerts.len() as u64);
-        for a in &alerts {
-            for s in &mut self.sinks {
-                s.raise(a);
-            }
+        if !alerts.is_empty() {
+            self.deliver_alerts();
         }
         Ok(())
+    }
+
+    /// Hands undelivered alerts (this instance's, another's, or a crashed run's) to the
+    /// sinks and marks them notified, in one transaction per round (see [`crate::alerts`]).
+    pub(super) fn deliver_alerts(&mut self) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let sinks = &mut self.sinks;
+        let delivered = self.handle.block_on(async {
+            let tx = client.transaction().await.map_err(|e| e.to_string())?;
+            let alerts = store::claim_undelivered_alerts(&tx, ALERTS_PER_ROUND)
+                .await
+                .map_err(|e| e.to_string())?;
+            if alerts.is_empty() {
+                return Ok(0);
+            }
+            for a in &alerts {
+                for s in sinks.iter_mut() {
+                    s.raise(a).map_err(|e| format!("alert sink failed: {e}"))?;
+                }
+            }
+            store::mark_notified(&tx, &alerts)
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(alerts.len())
+        });
+        match delivered {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(alerts = n, "alerts delivered"),
+            // Left undelivered: offered again on the next round.
+            Err(e) => tracing::warn!(error = %e, "delivering alerts failed; will retry"),
+        }
     }
 
     /// Fetches each assigned partition's log range: lag for `/metrics`, and whether the
@@ -92,8 +124,7 @@ impl Loop<'_> {
 
     /// Deletes dedup ledger entries beyond the horizon.
     pub(super) fn prune(&self) {
-        let horizon = EventTime::now()
-            .add_micros(-(self.cfg.max_event_age.as_micros() as i64) - 3_600_000_000);
+        let horizon = EventTime::now().add_micros(-self.cfg.limits.max_age_micros - 3_600_000_000);
         let Some(client) = &self.client else { return };
         match self.handle.block_on(store::prune_seen(client, horizon)) {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
@@ -185,6 +216,8 @@ impl Loop<'_> {
     }
 }
 
+/// Alerts handed to the sinks per transaction.
+const ALERTS_PER_ROUND: i64 = 100;
 /// Pending dead letters delivered per housekeeping round.
 const PENDING_BATCH: i64 = 500;
 /// How long a delivery round waits for acknowledgements.
