@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clickstream_model::EventTime;
@@ -48,50 +46,6 @@ async fn fingerprint(db: &TestDb) -> Vec<(String, i64, String)> {
     out
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `pg_ctl stop -m immediate` on the cluster behind `admin_url` (a crash: no checkpoint).
-async fn crash_postgres(admin_url: &str) {
-    let c = connect(admin_url).await;
-    let dir: String = c
-        .query_one("SHOW data_directory", &[])
-        .await
-        .unwrap()
-        .get(0);
-    drop(c);
-    let pid = std::fs::read_to_string(PathBuf::from(&dir).join("postmaster.pid")).unwrap();
-    let pid = pid.lines().next().unwrap().trim().to_string();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("postmaster binary");
-    let pg_ctl = exe.with_file_name("pg_ctl");
-    let owner = Command::new("stat")
-        .args(["-c", "%U", &dir])
-        .output()
-        .unwrap();
-    let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
-    let ok = Command::new("runuser")
-        .args(["-u", &owner, "--"])
-        .arg(&pg_ctl)
-        .args(["-D", &dir, "-m", "immediate", "-w", "stop"])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "pg_ctl stop -m immediate failed");
-}
-
-fn start_postgres_again() {
-    let out = Command::new(workspace_root().join("dev/stack.sh"))
-        .arg("up")
-        .output()
-        .expect("dev/stack.sh up");
-    assert!(
-        out.status.success(),
-        "restarting the stack failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_under_asynchronous_commits_changes_nothing() {
     let s = services();
@@ -125,7 +79,7 @@ async fn a_postgres_crash_under_asynchronous_commits_changes_nothing() {
     }
     crash_postgres(&s.admin_url).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    start_postgres_again();
+    restart_stack();
     wait_caught_up(
         &crashed.writer_url,
         &group,

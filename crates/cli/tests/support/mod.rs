@@ -441,3 +441,62 @@ impl Drop for Processor {
 pub fn random_u64() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0
 }
+
+/// `pg_ctl stop -m immediate` on the cluster behind `admin_url` (a crash: no checkpoint).
+pub async fn crash_postgres(admin_url: &str) {
+    let c = connect(admin_url).await;
+    let dir: String = c
+        .query_one("SHOW data_directory", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(c);
+    let pid = std::fs::read_to_string(PathBuf::from(&dir).join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().trim().to_string();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("postmaster binary");
+    let pg_ctl = exe.with_file_name("pg_ctl");
+    let owner = Command::new("stat")
+        .args(["-c", "%U", &dir])
+        .output()
+        .unwrap();
+    let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
+    let ok = Command::new("runuser")
+        .args(["-u", &owner, "--"])
+        .arg(&pg_ctl)
+        .args(["-D", &dir, "-m", "immediate", "-w", "stop"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "pg_ctl stop -m immediate failed");
+}
+
+/// `dev/stack.sh up`: starts whatever of Kafka and PostgreSQL is down, and waits for it.
+pub fn restart_stack() {
+    let out = Command::new(workspace_root().join("dev/stack.sh"))
+        .arg("up")
+        .output()
+        .expect("dev/stack.sh up");
+    assert!(
+        out.status.success(),
+        "restarting the stack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kill -9` of the local Kafka broker (`dev/stack.sh`'s), then `dev/stack.sh up` (which
+/// waits for its port) after `down_for`.
+pub fn crash_kafka(down_for: Duration) {
+    let pid_file = std::env::var("CLICKSTREAM_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".dev"))
+        .join("kafka/kafka.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("kafka pid file of dev/stack.sh");
+    let ok = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -9 kafka");
+    std::thread::sleep(down_for);
+    restart_stack();
+}

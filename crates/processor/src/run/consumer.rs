@@ -55,18 +55,45 @@ pub(super) fn create_consumer(
     Ok(kc.create_with_context(ctx)?)
 }
 
-/// Partitions of `topic`, or `None` if the cluster does not have it.
+/// Partitions of `topic`, or `None` if the cluster does not have it. Other metadata
+/// errors (a broker still starting, a leader moving) are errors, to be retried.
 pub(super) fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     consumer: &C,
     topic: &str,
 ) -> Result<Option<i32>, ProcessorError> {
+    use rdkafka::types::RDKafkaRespErr as E;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0))
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error() {
+        None if t.partitions().is_empty() => Ok(None),
+        None => Ok(Some(t.partitions().len() as i32)),
+        Some(E::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART | E::RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) => {
+            Ok(None)
+        }
+        Some(e) => Err(ProcessorError::Kafka(
+            rdkafka::error::KafkaError::MetadataFetch(e.into()),
+        )),
+    }
+}
+
+/// [`partition_count`], retried for up to a minute while the cluster cannot answer (a
+/// broker restarting): only a definite "no such topic" fails at once.
+fn partition_count_patiently(
+    consumer: &BaseConsumer<RestoringContext>,
+    topic: &str,
+) -> Result<Option<i32>, ProcessorError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match partition_count(consumer, topic) {
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(topic, error = %e, "reading topic metadata failed; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Checks the topics before the first poll, so a typo or a fresh cluster fails once,
@@ -78,7 +105,7 @@ pub(super) fn check_topics(
     consumer: &BaseConsumer<RestoringContext>,
     handle: &Handle,
 ) -> Result<i32, ProcessorError> {
-    let Some(partitions) = partition_count(consumer, &cfg.topic)? else {
+    let Some(partitions) = partition_count_patiently(consumer, &cfg.topic)? else {
         return Err(ProcessorError::Config(format!(
             "source topic `{topic}` does not exist on {bootstrap}. Create it (`clickstream \
              generate` does, or `kafka-topics.sh --bootstrap-server {bootstrap} --create \
@@ -87,7 +114,7 @@ pub(super) fn check_topics(
             bootstrap = cfg.bootstrap,
         )));
     };
-    if partition_count(consumer, &cfg.dlq_topic)?.is_none() {
+    if partition_count_patiently(consumer, &cfg.dlq_topic)?.is_none() {
         create_topic(cfg, &cfg.dlq_topic, handle)?;
         tracing::info!(topic = %cfg.dlq_topic, "created the missing dead-letter topic (cluster defaults)");
     }
