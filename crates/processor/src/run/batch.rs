@@ -163,61 +163,6 @@ impl Loop<'_> {
         })
     }
 
-    /// A batch without records for the partitions that are idle: caught up and without a
-    /// record for the idle timeout. Their watermarks follow the processing clock (see
-    /// [`crate::engine::PartitionState::advance_idle`]), which closes their sessions and
-    /// lets the global watermark decide flash-sale windows after a feed stops, or on a topic
-    /// where only some partitions get traffic. `None` when no partition is idle.
-    pub(super) fn stage_idle(&mut self) -> Option<Staged> {
-        let timeout = self.cfg.idle_timeout;
-        if timeout.is_zero() {
-            return None;
-        }
-        let engine = &self.cfg.engine;
-        let now = EventTime::now();
-        let mut out = BatchOutput::default();
-        let mut positions = Vec::new();
-        let mut ends = HashMap::new();
-        for (p, part) in &mut self.parts {
-            if !part.caught_up() || part.last_record.elapsed() < timeout {
-                continue;
-            }
-            if !part.state.advance_idle(now, engine) {
-                continue;
-            }
-            part.state.finish_batch(engine, &mut out);
-            // Caught up: the stored offset, or the log's end for a partition never written.
-            let next = part
-                .stored_next
-                .or(part.log.map(|(_, high)| high))
-                .unwrap_or(0);
-            ends.insert(*p, next);
-            positions.push(Position {
-                partition: *p,
-                next_offset: next,
-                watermark: part.state.watermark,
-                max_event_time: part.state.max_event_time,
-            });
-        }
-        if ends.is_empty() {
-            return None;
-        }
-        tracing::trace!(partitions = ?ends.keys().collect::<Vec<_>>(), "idle partitions follow the clock");
-        Some(Staged {
-            fresh: Vec::new(),
-            out,
-            positions,
-            rejected: Vec::new(),
-            ends,
-            counts: Heartbeat::default(),
-            single: None,
-            first_polled: Instant::now(),
-            keys: HashSet::new(),
-            probe_time: Duration::ZERO,
-            apply_time: Duration::ZERO,
-        })
-    }
-
     /// Moves the connection and the staged batch into a task that runs its transaction.
     pub(super) fn start_transaction(&mut self, staged: Staged) -> InFlight {
         let expected: HashMap<i32, Option<i64>> = staged
@@ -347,6 +292,27 @@ pub(super) struct Prepared {
 }
 
 impl Staged {
+    /// A batch that only moves watermarks and closes sessions (idle partitions).
+    pub(super) fn without_records(
+        out: BatchOutput,
+        positions: Vec<Position>,
+        ends: HashMap<i32, i64>,
+    ) -> Self {
+        Staged {
+            fresh: Vec::new(),
+            out,
+            positions,
+            rejected: Vec::new(),
+            ends,
+            counts: Heartbeat::default(),
+            single: None,
+            first_polled: Instant::now(),
+            keys: HashSet::new(),
+            probe_time: Duration::ZERO,
+            apply_time: Duration::ZERO,
+        }
+    }
+
     /// Waits for the dead-letter topic to acknowledge this batch's rejects. If it does
     /// not, the batch goes on anyway with them marked pending: their `rejected_events`
     /// rows, committed with the batch, are the durable record, and housekeeping delivers

@@ -1,17 +1,20 @@
 //! Work done between batches while the batch connection is home: alerts for windows
-//! that other instances' progress closed, lag, the heartbeat (with the stall state), and
-//! pruning the dedup ledger.
+//! that other instances' progress closed and their delivery, lag, idle partitions, the
+//! heartbeat (with the stall state), pending dead letters, and pruning the dedup ledger.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clickstream_model::EventTime;
 use rdkafka::consumer::Consumer;
 
+use super::batch::Staged;
 use super::Loop;
+use crate::engine::BatchOutput;
 use crate::kafka::Letter;
 use crate::metrics::PartitionLabel;
-use crate::store;
+use crate::store::{self, Position};
 use crate::ProcessorError;
 
 impl Loop<'_> {
@@ -131,6 +134,49 @@ impl Loop<'_> {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),
         }
+    }
+
+    /// A batch without records for the partitions that are idle: caught up and without a
+    /// record for the idle timeout. Their watermarks follow the processing clock (see
+    /// [`crate::engine::PartitionState::advance_idle`]), which closes their sessions and
+    /// lets the global watermark decide flash-sale windows after a feed stops, or on a topic
+    /// where only some partitions get traffic. `None` when no partition is idle.
+    pub(super) fn stage_idle(&mut self) -> Option<Staged> {
+        let timeout = self.cfg.idle_timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let engine = &self.cfg.engine;
+        let now = EventTime::now();
+        let mut out = BatchOutput::default();
+        let mut positions = Vec::new();
+        let mut ends = HashMap::new();
+        for (p, part) in &mut self.parts {
+            if !part.caught_up() || part.last_record.elapsed() < timeout {
+                continue;
+            }
+            if !part.state.advance_idle(now, engine) {
+                continue;
+            }
+            part.state.finish_batch(engine, &mut out);
+            // Caught up: the stored offset, or the log's end for a partition never written.
+            let next = part
+                .stored_next
+                .or(part.log.map(|(_, high)| high))
+                .unwrap_or(0);
+            ends.insert(*p, next);
+            positions.push(Position {
+                partition: *p,
+                next_offset: next,
+                watermark: part.state.watermark,
+                max_event_time: part.state.max_event_time,
+            });
+        }
+        if ends.is_empty() {
+            return None;
+        }
+        tracing::trace!(partitions = ?ends.keys().collect::<Vec<_>>(), "idle partitions follow the clock");
+        Some(Staged::without_records(out, positions, ends))
     }
 
     /// The dead-letter topic failed to take or acknowledge records: from now on rejects
