@@ -613,3 +613,77 @@ async fn an_alert_committed_but_not_notified_is_delivered_after_a_restart() {
     p.stop();
     db.drop().await;
 }
+
+/// Records Kafka's retention deleted while the processor was down are reported (log and
+/// metric) when it resumes at the log's start, and everything after them is processed.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_lost_to_retention_while_down_are_reported() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let topic = unique("retention");
+    create_topic(&s.bootstrap, &topic, 1).await;
+    let dlq = dead_letter_topic(&s).await;
+    let group = unique("g");
+    let batch = |n: usize| -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        (0..n)
+            .map(|_| (None, serde_json::to_vec(&corpus::purchase(4)).unwrap()))
+            .collect()
+    };
+    produce(&s, &topic, &batch(100));
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
+    let ends = HashMap::from([(0, 100)]);
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    p.stop();
+
+    produce(&s, &topic, &batch(100));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150))
+        .unwrap();
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &[]);
+    let ends = HashMap::from([(0, 200)]);
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    let c = connect(&db.admin_url).await;
+    assert_eq!(
+        scalar(
+            &c,
+            "SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute"
+        )
+        .await,
+        150
+    );
+    assert_eq!(
+        metric(
+            &p.scrape_metrics(),
+            "clickstream_processor_lost_to_retention_total"
+        ),
+        50.0
+    );
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert!(log.contains("deleted by Kafka retention"), "{log}");
+    p.stop();
+    db.drop().await;
+}

@@ -72,6 +72,16 @@ pub enum ProcessorError {
         /// What librdkafka said.
         error: rdkafka::error::KafkaError,
     },
+    /// The first record after an assignment or reset was not at the stored offset.
+    #[error("partition {partition} resumed at offset {found}, expected {expected}; seeking again")]
+    ResumeGap {
+        /// Partition.
+        partition: i32,
+        /// The stored next offset.
+        expected: i64,
+        /// The offset received.
+        found: i64,
+    },
     /// Restoring state on partition assignment failed.
     #[error("restoring partition state failed: {0}")]
     Restore(String),
@@ -94,6 +104,7 @@ impl ProcessorError {
                 | ProcessorError::Fenced { .. }
                 | ProcessorError::DeadLetter(_)
                 | ProcessorError::Seek { .. }
+                | ProcessorError::ResumeGap { .. }
         )
     }
 

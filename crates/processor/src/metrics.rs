@@ -62,6 +62,8 @@ pub struct Metrics {
     pub batches_split: Counter,
     /// Events stamped ahead of the processing clock.
     pub future_events: Counter,
+    /// Records Kafka's retention deleted before they were processed.
+    pub lost_to_retention: Counter,
     /// Dead letters queued while the dead-letter topic was unreachable, delivered later
     /// from `analytics.rejected_events`.
     pub dlq_pending: Gauge,
@@ -89,6 +91,7 @@ impl Metrics {
             stalled_since: Gauge::default(),
             batches_split: Counter::default(),
             future_events: Counter::default(),
+            lost_to_retention: Counter::default(),
             dlq_pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_processor");
@@ -177,6 +180,11 @@ impl Metrics {
             "future_events",
             "Events stamped ahead of the processing clock (they drive the watermark only up to it)",
             m.future_events.clone(),
+        );
+        r.register(
+            "lost_to_retention",
+            "Records Kafka's retention deleted before they were processed",
+            m.lost_to_retention.clone(),
         );
         r.register(
             "dlq_pending_records",

@@ -105,6 +105,8 @@ struct Part {
     last_record: Instant,
     /// The partition's log start and end offsets, as last fetched.
     log: Option<(i64, i64)>,
+    /// No record received since it was (re)loaded: the first must be at `stored_next`.
+    resuming: bool,
 }
 
 impl Part {
@@ -114,6 +116,7 @@ impl Part {
             state,
             last_record: Instant::now(),
             log: None,
+            resuming: true,
         }
     }
 
@@ -148,6 +151,8 @@ struct Loop<'a> {
     splitter: Splitter,
     /// The last batch whose transaction failed, for the splitter.
     last_failed: Option<FailedBatch>,
+    /// Resume gaps seen, by (partition, expected offset), and how often.
+    resume_gaps: HashMap<(i32, i64), u32>,
     /// Since when the dead-letter topic has been unreachable (rejects are then committed
     /// as pending and delivered by housekeeping).
     dlq_down: Option<chrono::DateTime<Utc>>,
@@ -202,6 +207,7 @@ pub fn run(
         stall: Stall::default(),
         splitter: Splitter::new(cfg.batch_max_records),
         last_failed: None,
+        resume_gaps: HashMap::new(),
         dlq_down: None,
         // Right away: a previous run may have left pending dead letters.
         dlq_retry: (Instant::now(), housekeeping::DLQ_FIRST_BACKOFF),
@@ -255,7 +261,9 @@ pub fn run(
         let mut staged = None;
         if let Some(mut p) = prepared.take().filter(|_| abandoned.is_none() && !reload) {
             p.retain_owned(&l.parts);
-            if !p.ends.is_empty() {
+            if let Err(e) = l.check_resume(&p) {
+                abandoned = Some(fatal_or(e)?);
+            } else if !p.ends.is_empty() {
                 // Dead letters were queued in `prepare`; their acknowledgements arrive
                 // while the batch is staged.
                 let pending = inflight.as_ref().map(|j| &j.keys);

@@ -291,6 +291,61 @@ pub(super) struct Prepared {
     first_polled: Instant,
 }
 
+impl Loop<'_> {
+    /// The first record of a partition after an assignment or a reset must be the one at
+    /// its stored offset: a seek that did not take effect would otherwise carry the
+    /// consumer past records never applied. A gap is a lost seek (abandon and reset) unless
+    /// Kafka's retention deleted those records (said loudly, then accepted) or it keeps
+    /// coming back (offsets that hold no records, such as transaction markers).
+    pub(super) fn check_resume(&mut self, p: &Prepared) -> Result<(), ProcessorError> {
+        for &(partition, offset) in &p.offsets {
+            let Some(part) = self.parts.get_mut(&partition) else {
+                continue;
+            };
+            if !part.resuming {
+                continue;
+            }
+            part.resuming = false;
+            let Some(expected) = part.stored_next.filter(|n| offset > *n) else {
+                continue;
+            };
+            let (low, _) = self
+                .consumer
+                .fetch_watermarks(&self.cfg.topic, partition, Duration::from_secs(5))
+                .unwrap_or((0, 0));
+            if low > expected {
+                let lost = low.min(offset) - expected;
+                self.metrics.lost_to_retention.inc_by(lost as u64);
+                tracing::error!(
+                    partition,
+                    expected,
+                    first = offset,
+                    records = lost,
+                    "records deleted by Kafka retention before they were processed"
+                );
+                continue;
+            }
+            let seen = self.resume_gaps.entry((partition, expected)).or_insert(0);
+            *seen += 1;
+            if *seen >= 3 {
+                tracing::warn!(
+                    partition,
+                    expected,
+                    first = offset,
+                    "offsets hold no records (transaction markers?); going on"
+                );
+                continue;
+            }
+            return Err(ProcessorError::ResumeGap {
+                partition,
+                expected,
+                found: offset,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Staged {
     /// A batch that only moves watermarks and closes sessions (idle partitions).
     pub(super) fn without_records(
