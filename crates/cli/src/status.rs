@@ -21,20 +21,21 @@ pub struct StatusArgs {
     lake_dir: std::path::PathBuf,
 }
 
+/// An instance counts as running if seen this recently (as the dashboard's default).
+const STALE_AFTER_SECS: f64 = 15.0;
+
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let client = clickstream_db::connect(&args.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    let rows = client
-        .query(
-            "SELECT kafka_partition, next_offset, coalesce(watermark::text, '-'),
-                    extract(epoch FROM now() - updated_at)::float8
-               FROM analytics.consumer_offsets
-              WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
-            &[&args.source.group, &args.source.topic],
-        )
-        .await
-        .context("reading analytics.consumer_offsets (has `clickstream migrate` run?)")?;
+    let health = clickstream_db::health::group_health(
+        &client,
+        &args.source.group,
+        &args.source.topic,
+        STALE_AFTER_SECS,
+    )
+    .await
+    .context("reading the group's progress (has `clickstream migrate` run?)")?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.source.bootstrap)
         .create()
@@ -54,40 +55,82 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .filter(|t| t.name() == args.source.topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    println!("topic {}  group {}", args.source.topic, args.source.group);
-    println!(
-        "{:>9} {:>12} {:>12} {:>10}  {:<32} {:>12}",
-        "partition", "committed", "end", "lag", "watermark", "last commit"
-    );
-    let mut total_lag = 0i64;
+    let mut ends = Vec::with_capacity(partitions.len());
     for p in &partitions {
         let (_, high) = tokio::task::block_in_place(|| {
             consumer.fetch_watermarks(&args.source.topic, *p, Duration::from_secs(5))
         })?;
-        let row = rows.iter().find(|r| r.get::<_, i32>(0) == *p);
-        let committed: i64 = row.map_or(0, |r| r.get(1));
-        let wm: String = row.map_or("-".into(), |r| r.get(2));
-        let age = row.map_or("never".into(), |r| {
-            format!("{:.1}s ago", r.get::<_, f64>(3))
+        ends.push((*p, high));
+    }
+    println!("topic {}  group {}", args.source.topic, args.source.group);
+    println!(
+        "{:>9} {:>12} {:>12} {:>10}  {:<24} {:>12}",
+        "partition", "committed", "end", "lag", "watermark (UTC)", "last commit"
+    );
+    let mut total_lag = 0i64;
+    for l in health.lag(&ends) {
+        let wm = l.watermark_ms.map_or("-".into(), |ms| {
+            clickstream_model::EventTime::from_millis(ms).to_string()
         });
-        let lag = (high - committed).max(0);
+        let age = health
+            .partitions
+            .iter()
+            .find(|p| p.partition == l.partition)
+            .map_or("never".into(), |p| {
+                format!("{:.1}s ago", p.updated_seconds_ago)
+            });
+        let lag = l.lag.unwrap_or(0);
         total_lag += lag;
-        println!("{p:>9} {committed:>12} {high:>12} {lag:>10}  {wm:<32} {age:>12}");
+        let end = l.end.map_or("-".into(), |e| e.to_string());
+        println!(
+            "{:>9} {:>12} {:>12} {lag:>10}  {wm:<24} {age:>12}",
+            l.partition, l.committed, end
+        );
     }
     println!("total lag: {total_lag} records");
+    for i in &health.instances {
+        let last_commit = i
+            .commit_seconds_ago
+            .map_or("never".to_string(), |s| format!("{s:.1}s ago"));
+        let state = if i.stopped {
+            " (stopped)"
+        } else if !i.running {
+            " (silent)"
+        } else {
+            ""
+        };
+        println!(
+            "instance {}{state}: seen {:.1}s ago, last commit {}, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
+            i.instance_id,
+            i.seen_seconds_ago,
+            last_commit,
+            i.batches,
+            i.records,
+            i.events,
+            i.events as f64 / i.uptime_seconds.max(1e-3),
+            i.rejected,
+            i.duplicates,
+            i.late,
+        );
+        if i.is_stalled() {
+            println!(
+                "  STALLED for {:.0}s: {} failed attempts in a row; last error: {}",
+                i.stalled_seconds.unwrap_or(0.0),
+                i.consecutive_failures,
+                i.last_error.as_deref().unwrap_or(""),
+            );
+        }
+    }
     if args.lake_dir.join("bronze").is_dir() {
         let lake = clickstream_lake::Lake::new(&args.lake_dir);
         let committed = lake.committed_offsets().context("reading the lake")?;
         let gaps = lake
             .retention_gaps()
             .context("reading the lake's retention gaps")?;
-        let mut lake_lag = 0i64;
-        for p in &partitions {
-            let (_, high) = tokio::task::block_in_place(|| {
-                consumer.fetch_watermarks(&args.source.topic, *p, Duration::from_secs(5))
-            })?;
-            lake_lag += (high - committed.get(p).copied().unwrap_or(0)).max(0);
-        }
+        let lake_lag: i64 = ends
+            .iter()
+            .map(|(p, high)| (high - committed.get(p).copied().unwrap_or(0)).max(0))
+            .sum();
         let lost: i64 = gaps.values().sum();
         println!(
             "lake {}: {lake_lag} records not yet committed to bronze/silver{}",
@@ -103,52 +146,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 String::new()
             }
         );
-    }
-    let inst = client
-        .query(
-            "SELECT instance_id, extract(epoch FROM now() - last_commit_at)::float8,
-                    extract(epoch FROM last_seen_at - started_at)::float8,
-                    batches, records, events, rejected, duplicates, late,
-                    extract(epoch FROM now() - last_seen_at)::float8, stopped_at IS NOT NULL,
-                    consecutive_failures, extract(epoch FROM now() - stalled_since)::float8,
-                    last_error
-               FROM analytics.processor_heartbeat WHERE consumer_group = $1
-              ORDER BY last_seen_at DESC",
-            &[&args.source.group],
-        )
-        .await?;
-    for r in inst {
-        let up: f64 = r.get(2);
-        let events: i64 = r.get(5);
-        let last_commit = r
-            .get::<_, Option<f64>>(1)
-            .map_or("never".to_string(), |s| format!("{s:.1}s ago"));
-        let stopped = if r.get::<_, bool>(10) {
-            " (stopped)"
-        } else {
-            ""
-        };
-        println!(
-            "instance {}{stopped}: seen {:.1}s ago, last commit {}, {} batches, {} records, {} events ({:.0}/s since start), {} rejected, {} duplicates, {} late",
-            r.get::<_, String>(0),
-            r.get::<_, f64>(9),
-            last_commit,
-            r.get::<_, i64>(3),
-            r.get::<_, i64>(4),
-            events,
-            events as f64 / up.max(1e-3),
-            r.get::<_, i64>(6),
-            r.get::<_, i64>(7),
-            r.get::<_, i64>(8),
-        );
-        let failures: i32 = r.get(11);
-        if failures > 0 {
-            println!(
-                "  STALLED for {:.0}s: {failures} failed attempts in a row; last error: {}",
-                r.get::<_, Option<f64>>(12).unwrap_or(0.0),
-                r.get::<_, Option<String>>(13).unwrap_or_default(),
-            );
-        }
     }
     Ok(())
 }

@@ -400,6 +400,26 @@ async fn dashboard_in_chromium_shows_what_postgres_says_and_updates_live() {
     wait_text(&mut b, "status", "processor not running");
     assert!(b.text("banner").contains("not running"));
 
+    // An instance that is alive but failing: the page says it is stalled, and why.
+    connect(&db.admin_url)
+        .await
+        .execute(
+            "INSERT INTO analytics.processor_heartbeat
+                    (instance_id, consumer_group, started_at, last_commit_at, last_seen_at,
+                     batches, records, events, rejected, duplicates, late,
+                     consecutive_failures, stalled_since, last_error)
+             VALUES ('stuck-1', $1, now() - interval '5 minutes', now() - interval '2 minutes',
+                     now(), 1, 1, 1, 0, 0, 0, 7, now() - interval '90 seconds',
+                     'postgres: permission denied for table metrics_minute')",
+            &[&pipe.group],
+        )
+        .await
+        .unwrap();
+    wait_text(&mut b, "status", "stalled");
+    let banner = b.text("banner");
+    assert!(banner.contains("7 failed attempts"), "{banner}");
+    assert!(banner.contains("permission denied"), "{banner}");
+
     let errors = b.page_errors();
     assert!(errors.is_empty(), "page errors: {errors:#?}");
     drop(b);

@@ -625,6 +625,8 @@ pub struct Health {
 }
 
 /// Health of `group` on `topic`; `ends` are Kafka end offsets per partition, or why not.
+/// Progress and instances come from the shared read model ([`clickstream_db::health`]),
+/// the same one `clickstream status` prints.
 pub async fn health(
     c: &Client,
     group: &str,
@@ -632,76 +634,48 @@ pub async fn health(
     ends: Result<Vec<(i32, i64)>, String>,
     stale_after_secs: f64,
 ) -> Result<Health, ApiError> {
-    let gt: [&(dyn ToSql + Sync); 2] = [&group, &topic];
-    let (offsets, inst, dlq, reasons, totals) = tokio::try_join!(
-        c.query(
-            "SELECT kafka_partition, next_offset, (extract(epoch FROM watermark) * 1000)::int8
-               FROM analytics.consumer_offsets WHERE consumer_group = $1 AND topic = $2",
-            &gt,
-        ),
-        c.query(
-            "SELECT instance_id, extract(epoch FROM now() - last_seen_at)::float8,
-                    extract(epoch FROM now() - last_commit_at)::float8, events,
-                    stopped_at IS NOT NULL, consecutive_failures,
-                    extract(epoch FROM now() - stalled_since)::float8, last_error
-               FROM analytics.processor_heartbeat WHERE consumer_group = $1
-              ORDER BY last_seen_at DESC LIMIT 50",
-            &gt[..1],
-        ),
+    let (model, dlq, reasons) = tokio::try_join!(
+        async { clickstream_db::health::group_health(c, group, topic, stale_after_secs).await },
         c.query_one("SELECT count(*) FROM analytics.rejected_events", &[]),
         c.query(
             "SELECT reason, count(*) FROM analytics.rejected_events
               GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5",
             &[],
         ),
-        c.query_one(
-            "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(events), 0)::int8
-               FROM analytics.processor_heartbeat WHERE consumer_group = $1",
-            &gt[..1],
-        ),
     )?;
     let (ends, kafka_error) = match ends {
         Ok(e) => (e, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    let mut ids: Vec<i32> = ends.iter().map(|(p, _)| *p).collect();
-    ids.extend(offsets.iter().map(|r| r.get::<_, i32>(0)));
-    ids.sort_unstable();
-    ids.dedup();
-    let partitions: Vec<PartitionHealth> = ids
+    let partitions: Vec<PartitionHealth> = model
+        .lag(&ends)
         .into_iter()
-        .map(|p| {
-            let row = offsets.iter().find(|r| r.get::<_, i32>(0) == p);
-            let committed = row.map_or(0, |r| r.get(1));
-            let end = ends.iter().find(|(q, _)| *q == p).map(|(_, e)| *e);
-            PartitionHealth {
-                partition: p,
-                committed,
-                end,
-                lag: end.map(|e| (e - committed).max(0)),
-                watermark_ms: row.and_then(|r| r.get(2)),
-            }
+        .map(|l| PartitionHealth {
+            partition: l.partition,
+            committed: l.committed,
+            end: l.end,
+            lag: l.lag,
+            watermark_ms: l.watermark_ms,
         })
         .collect();
     let total_lag = kafka_error
         .is_none()
         .then(|| partitions.iter().filter_map(|p| p.lag).sum());
-    let instances: Vec<Instance> = inst
+    let (events_applied, duplicates) = model.totals();
+    let instances: Vec<Instance> = model
+        .instances
         .iter()
-        .map(|r| {
-            let seen: f64 = r.get(1);
-            let stopped: bool = r.get(4);
-            Instance {
-                instance_id: r.get(0),
-                seen_seconds_ago: seen,
-                commit_seconds_ago: r.get(2),
-                stopped,
-                running: !stopped && seen <= stale_after_secs,
-                events: r.get(3),
-                consecutive_failures: r.get(5),
-                stalled_seconds: r.get(6),
-                last_error: r.get(7),
-            }
+        .take(50)
+        .map(|i| Instance {
+            instance_id: i.instance_id.clone(),
+            seen_seconds_ago: i.seen_seconds_ago,
+            commit_seconds_ago: i.commit_seconds_ago,
+            stopped: i.stopped,
+            running: i.running,
+            events: i.events,
+            consecutive_failures: i.consecutive_failures,
+            stalled_seconds: i.stalled_seconds,
+            last_error: i.last_error.clone(),
         })
         .collect();
     Ok(Health {
@@ -709,17 +683,14 @@ pub async fn health(
         topic: topic.to_string(),
         total_lag,
         kafka_error,
-        processor_running: instances.iter().any(|i| i.running),
-        last_commit_seconds_ago: instances
-            .iter()
-            .filter_map(|i| i.commit_seconds_ago)
-            .reduce(f64::min),
+        processor_running: model.running(),
+        last_commit_seconds_ago: model.last_commit_seconds_ago(),
         instances,
         partitions,
         dlq_records: dlq.get(0),
         dlq_top_reasons: reasons.iter().map(|r| (r.get(0), r.get(1))).collect(),
-        duplicates: totals.get(0),
-        events_applied: totals.get(1),
+        duplicates,
+        events_applied,
         events_per_second: None,
     })
 }

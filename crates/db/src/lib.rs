@@ -6,8 +6,11 @@
 //! - [`migrate`]: versioned, checksummed migrations from `db/migrations/`, applied under an
 //!   advisory lock; also sets the writer and reader roles' passwords.
 //! - [`catalog`]: idempotent upsert of the product catalog into `analytics.dim_product`.
+//! - [`health`]: the one read model of a consumer group's progress and instances that
+//!   `status` and the dashboard share.
 
 pub mod catalog;
+pub mod health;
 pub mod migrate;
 
 use thiserror::Error;
