@@ -148,7 +148,7 @@ if [ "$what" = lake ] || [ "$what" = all ]; then
     dir="$STATE/bench-lake-$stamp"
     t0=$(date +%s.%N)
     /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-lake-time.txt" \
-        "$BIN" lake --topic "$topic" --group "lake-$stamp" --lake-dir "$dir" --stop-at-end 2>"$STATE/bench-lake.log"
+        "$BIN" lake --topic "$topic" --group "lake-$stamp" --lake-dir "$dir" --stop-at-end --metrics-addr 127.0.0.1:0 2>"$STATE/bench-lake.log"
     t1=$(date +%s.%N)
     rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-lake-time.txt" | cut -d= -f2)
     rate=$(echo "$L / ($t1 - $t0)" | bc)

@@ -53,12 +53,23 @@ pub struct LakeArgs {
     /// one-shot backfill rather than a service.
     #[arg(long)]
     stop_at_end: bool,
+    /// Address of the Prometheus `/metrics` endpoint (port 0 picks a free one).
+    #[arg(
+        long,
+        env = "CLICKSTREAM_LAKE_METRICS_ADDR",
+        default_value = "127.0.0.1:9188"
+    )]
+    metrics_addr: std::net::SocketAddr,
 }
 
 pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
     if args.roll_records == 0 || args.row_group_rows == 0 {
         anyhow::bail!("--roll-records and --row-group-rows must be positive");
     }
+    let metrics = clickstream_lake::LakeMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    crate::metrics_http::serve(args.metrics_addr, registry).await?;
     let cfg = WriterConfig {
         root: args.lake_dir,
         bootstrap: args.bootstrap,
@@ -69,6 +80,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
         row_group_rows: args.row_group_rows,
         dedup_window: args.dedup_window,
         limits: args.contract.limits(),
+        metrics: metrics.clone(),
         stop_at_end: args.stop_at_end,
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,6 +4,7 @@
 mod batch;
 mod generate;
 mod lake;
+mod metrics_http;
 mod migrate;
 mod process;
 mod serve;

@@ -6,10 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::routing::get;
 use clap::Args;
-use clickstream_processor::metrics::{render, Metrics, Registry};
+use clickstream_processor::metrics::{Metrics, Registry};
 use clickstream_processor::store::AlertRule;
 use clickstream_processor::{AlertSink, EngineConfig, LogAlertSink, ProcessorConfig};
 
@@ -127,23 +125,7 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let registry = Arc::new(registry);
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint {}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let r = registry.clone();
-            async move { render(&r) }
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics endpoint stopped");
-        }
-    });
+    crate::metrics_http::serve(args.metrics_addr, registry).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     crate::signals::stop_on_signal(stop.clone());

@@ -289,3 +289,84 @@ async fn one_event_from_a_clock_an_hour_ahead_changes_nothing_else() {
     p.stop();
     db.drop().await;
 }
+
+/// Partitions added to the topic while the processor runs are assigned and processed
+/// (librdkafka notices them at its metadata refresh, 30 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_added_while_running_are_picked_up() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let topic = unique("grow");
+    create_topic(&s.bootstrap, &topic, 2).await;
+    let dlq = dead_letter_topic(&s).await;
+    let group = unique("g");
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &FLAGS);
+    let send = |partitions: std::ops::Range<i32>| {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &s.bootstrap)
+            .create()
+            .unwrap();
+        for partition in partitions {
+            for _ in 0..10 {
+                let e = live_event(
+                    Uuid::new_v4(),
+                    EventTime::from_micros(EventTime::now().as_micros() - 60_000_000),
+                    EventType::PageView,
+                    "P1",
+                );
+                let bytes = e.to_json();
+                producer
+                    .send(
+                        BaseRecord::<[u8], [u8]>::to(&topic)
+                            .partition(partition)
+                            .payload(bytes.as_slice()),
+                    )
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    send(0..2);
+    let ends: HashMap<i32, i64> = (0..2).map(|p| (p, 10)).collect();
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_partitions([&NewPartitions::new(&topic, 4)], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    send(2..4);
+    let ends: HashMap<i32, i64> = (0..4).map(|p| (p, 10)).collect();
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute"
+        )
+        .await,
+        40
+    );
+    p.stop();
+    db.drop().await;
+}

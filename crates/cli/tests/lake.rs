@@ -23,7 +23,7 @@ impl LakeWriter {
         let log = std::fs::File::create(&log_path).unwrap();
         let child = clickstream()
             .args(["lake", "--bootstrap", &s.bootstrap, "--topic", topic])
-            .args(["--group", &unique("lake")])
+            .args(["--group", &unique("lake"), "--metrics-addr", "127.0.0.1:0"])
             .arg("--lake-dir")
             .arg(dir)
             .args(extra)
@@ -276,6 +276,8 @@ async fn a_second_writer_on_the_same_lake_is_refused() {
             &s.bootstrap,
             "--topic",
             &topic,
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--lake-dir",
         ])
         .arg(&dir)
@@ -790,6 +792,7 @@ async fn records_lost_to_retention_are_reported_not_skipped_silently() {
         let out = clickstream()
             .args(["lake", "--bootstrap", &s.bootstrap, "--topic", &topic])
             .args(["--group", &unique("lake"), "--stop-at-end"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--lake-dir")
             .arg(dir)
             .output()
@@ -819,9 +822,23 @@ async fn records_lost_to_retention_are_reported_not_skipped_silently() {
         .delete_records(&tpl, &AdminOptions::new())
         .await
         .unwrap();
-    let log = backfill(&dir);
+    // This time as a service: the loss is in its log and its metrics too.
+    let writer = LakeWriter::start(&s, &topic, &dir, &["--roll-records", "10"]);
+    wait_committed(
+        &Lake::new(&dir),
+        &HashMap::from([(0, 200)]),
+        Duration::from_secs(60),
+    )
+    .await;
+    let metrics = scrape_metrics(&writer.1);
+    assert!(
+        metrics.contains("\nclickstream_lake_lost_to_retention_total 50\n"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(&writer.1).unwrap();
     assert!(log.contains("deleted by Kafka retention"), "{log}");
     assert!(log.contains("records=50"), "{log}");
+    writer.stop();
     let mut want: Vec<i64> = (0..100).collect();
     want.extend(150..200);
     assert_eq!(

@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod gold;
 pub mod layout;
+pub mod metrics;
 pub mod read;
 pub mod report;
 pub mod schema;
@@ -26,6 +27,7 @@ use std::path::Path;
 use thiserror::Error;
 
 pub use layout::Lake;
+pub use metrics::LakeMetrics;
 pub use writer::{LakeWriter, WriterConfig, WriterReport};
 
 /// Errors of the lake.

@@ -62,6 +62,8 @@ pub struct WriterConfig {
     pub dedup_window: Duration,
     /// The contract's bounds, the same as the processor's.
     pub limits: ContractLimits,
+    /// Live counters (for `/metrics`).
+    pub metrics: crate::LakeMetrics,
     /// Stop (committing everything) once every partition reached the end offset it had
     /// when the writer started: a one-shot backfill instead of a service.
     pub stop_at_end: bool,
@@ -332,6 +334,7 @@ impl LakeWriter {
         tracing::info!(topic = %self.cfg.topic, partitions = partitions.len(), root = %self.lake.root().display(), "lake writer started");
         let mut policy = self.policy();
         let mut last_check = Instant::now();
+        let mut last_lag = Instant::now() - Duration::from_secs(60);
         let mut kafka_failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             if self.cfg.stop_at_end
@@ -352,6 +355,7 @@ impl LakeWriter {
                     Err(e) if !is_fatal(&e) => {
                         // The broker away, a leader moving: librdkafka reconnects by itself.
                         kafka_failures += 1;
+                        self.cfg.metrics.kafka_errors.inc();
                         let wait = Duration::from_millis(100 << kafka_failures.min(7));
                         tracing::warn!(error = %e, failures = kafka_failures, retry_in = ?wait, "kafka error; retrying");
                         std::thread::sleep(wait);
@@ -381,6 +385,10 @@ impl LakeWriter {
                 };
                 self.append(&rec, &policy)?;
             }
+            if last_lag.elapsed() >= Duration::from_secs(10) {
+                last_lag = Instant::now();
+                self.update_lag(&consumer);
+            }
             if last_check.elapsed() >= Duration::from_secs(1) {
                 last_check = Instant::now();
                 policy = self.policy();
@@ -406,11 +414,25 @@ impl LakeWriter {
         Ok(self.report)
     }
 
+    /// Sets the lag gauge: records in the topic past each partition's next offset.
+    fn update_lag(&self, consumer: &BaseConsumer) {
+        let mut lag = 0;
+        for (p, f) in &self.parts {
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&self.cfg.topic, *p, Duration::from_millis(500))
+            {
+                lag += (high - f.next).max(0);
+            }
+        }
+        self.cfg.metrics.lag.set(lag);
+    }
+
     /// Offsets `[from, to)` of `partition` were deleted by retention before the lake read
     /// them: said loudly, counted, and noted in the lake for `clickstream status`.
     fn retention_gap(&mut self, partition: i32, from: i64, to: i64) {
         let records = (to - from).max(0) as u64;
         self.report.lost_to_retention += records;
+        self.cfg.metrics.lost_to_retention.inc_by(records);
         tracing::error!(
             partition,
             from,
@@ -456,11 +478,13 @@ impl LakeWriter {
             bf.writer.write(&rows.finish())?;
         }
         self.report.records += 1;
+        self.cfg.metrics.records.inc();
         match parse_event(r.value.unwrap_or_default(), policy) {
             Ok(ev) => {
                 let id = ev.event_id.as_u128();
                 if f.dedup.contains(id, ev.timestamp.as_micros()) {
                     self.report.duplicates += 1;
+                    self.cfg.metrics.duplicates.inc();
                 } else {
                     f.dedup.insert(id, ev.timestamp.as_micros(), window_s);
                     let key = (ev.timestamp.date_string(), ev.event_type);
@@ -486,7 +510,10 @@ impl LakeWriter {
                     f.pending_events += 1;
                 }
             }
-            Err(_) => self.report.invalid += 1,
+            Err(_) => {
+                self.report.invalid += 1;
+                self.cfg.metrics.invalid.inc();
+            }
         }
         f.next = r.offset + 1;
         f.records += 1;
@@ -523,6 +550,8 @@ impl LakeWriter {
         bf.commit(range)?;
         self.report.events += f.pending_events;
         self.report.ranges += 1;
+        self.cfg.metrics.events.inc_by(f.pending_events);
+        self.cfg.metrics.ranges.inc();
         tracing::debug!(
             partition = p,
             start = range.start,

@@ -194,10 +194,3 @@ impl Metrics {
         Arc::new(m)
     }
 }
-
-/// Renders the registry in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
-    let mut s = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut s, registry);
-    s
-}

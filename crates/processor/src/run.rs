@@ -174,7 +174,7 @@ pub fn run(
             "the window length must be a multiple of the slide".into(),
         ));
     }
-    let client = handle.block_on(writer_connection(cfg))?;
+    let client = connect_patiently(cfg, &handle, &stop)?;
     handle.block_on(clickstream_db::migrate::require_current(&client))?;
     let loader = handle.block_on(clickstream_db::connect(&cfg.database_url))?;
     let ctx = RestoringContext::new(
@@ -357,6 +357,35 @@ async fn writer_connection(cfg: &ProcessorConfig) -> Result<Client, ProcessorErr
         client.batch_execute("SET synchronous_commit = off").await?;
     }
     Ok(client)
+}
+
+/// The first connection: a database that is still starting (or restarting) is waited
+/// for, with backoff and a warning per attempt, for up to two minutes; a wrong password or
+/// URL fails at once.
+fn connect_patiently(
+    cfg: &ProcessorConfig,
+    handle: &Handle,
+    stop: &AtomicBool,
+) -> Result<Client, ProcessorError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stall = Stall::default();
+    loop {
+        match handle.block_on(writer_connection(cfg)) {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if e.is_retriable()
+                    && e.sqlstate().is_none()
+                    && Instant::now() < deadline
+                    && !stop.load(Ordering::Relaxed) =>
+            {
+                stall.failed(&e.to_string());
+                let wait = stall.backoff(FIRST_BACKOFF, Duration::from_secs(10));
+                tracing::warn!(error = %e, retry_in = ?wait, "PostgreSQL not reachable yet; retrying");
+                std::thread::sleep(wait);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Retriable errors abandon the batch (`Ok`); any other stops the processor.

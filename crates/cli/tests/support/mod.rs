@@ -331,6 +331,28 @@ pub async fn committed(db_url: &str, group: &str, topic: &str) -> i64 {
         .get(0)
 }
 
+/// GET /metrics from a command whose log names the endpoint's address (`addr=`).
+pub fn scrape_metrics(log: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let log = std::fs::read_to_string(log).unwrap();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("addr=").nth(1))
+        .expect("metrics address in the log")
+        .trim()
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
 /// A running `clickstream process`.
 pub struct Processor {
     pub child: std::process::Child,
@@ -379,24 +401,7 @@ impl Processor {
 
     /// GET /metrics from this processor (address taken from its log).
     pub fn scrape_metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let log = std::fs::read_to_string(&self.log).unwrap();
-        let addr = log
-            .lines()
-            .find_map(|l| l.split("addr=").nth(1))
-            .expect("metrics address in the log")
-            .trim()
-            .to_string();
-        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            conn,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut body = String::new();
-        conn.read_to_string(&mut body).unwrap();
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-        body
+        scrape_metrics(&self.log)
     }
 
     pub fn signal(&self, sig: &str) {
@@ -483,9 +488,8 @@ pub fn restart_stack() {
     );
 }
 
-/// `kill -9` of the local Kafka broker (`dev/stack.sh`'s), then `dev/stack.sh up` (which
-/// waits for its port) after `down_for`.
-pub fn crash_kafka(down_for: Duration) {
+/// `kill -9` of the local Kafka broker (`dev/stack.sh`'s); [`restart_stack`] brings it back.
+pub fn kill_kafka() {
     let pid_file = std::env::var("CLICKSTREAM_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join(".dev"))
@@ -497,6 +501,4 @@ pub fn crash_kafka(down_for: Duration) {
         .unwrap()
         .success();
     assert!(ok, "kill -9 kafka");
-    std::thread::sleep(down_for);
-    restart_stack();
 }
