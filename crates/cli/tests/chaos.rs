@@ -18,32 +18,14 @@ use support::reference::{self, Semantics};
 use support::tables::{actual, assert_tables_equal};
 use support::*;
 
-const SEM: Semantics = Semantics {
-    lateness_s: 20,
-    gap_s: 300,
-    window_s: 120,
-    slide_s: 60,
-    min_views: 30,
-    max_purchases: 3,
-};
+const SEM: Semantics = reference::TEST_SEM;
 
-const FLAGS: [&str; 15] = [
-    "--allowed-lateness",
-    "20s",
-    "--session-gap",
-    "5m",
-    "--alert-window",
-    "2m",
-    "--alert-slide",
-    "1m",
-    "--alert-min-views",
-    "30",
-    "--alert-max-purchases",
-    "3",
-    "--audit",
-    "--retry-max-backoff",
-    "5s",
-];
+/// [`reference::TEST_SEM`]'s flags and this file's own.
+fn flags() -> Vec<&'static str> {
+    let mut f = reference::TEST_SEM_FLAGS.to_vec();
+    f.extend(["--audit", "--retry-max-backoff", "5s"]);
+    f
+}
 
 /// Sends corpus cases to the given partitions of `topic`.
 fn send_cases(s: &Services, topic: &str, cases: &[(i32, Case)]) {
@@ -117,7 +99,7 @@ async fn three_instances_survive_kills_a_database_crash_and_a_broker_crash_exact
         .expect("start generator");
 
     let mut instances: Vec<Processor> = (0..3)
-        .map(|_| Processor::start(&s, &db, &topic, &dlq, &group, &FLAGS))
+        .map(|_| Processor::start(&s, &db, &topic, &dlq, &group, &flags()))
         .collect();
     let mut logs = Vec::new();
 
@@ -155,7 +137,7 @@ async fn three_instances_survive_kills_a_database_crash_and_a_broker_crash_exact
         let victim = (random_u64() % 3) as usize;
         let old = std::mem::replace(
             &mut instances[victim],
-            Processor::start(&s, &db, &topic, &dlq, &group, &FLAGS),
+            Processor::start(&s, &db, &topic, &dlq, &group, &flags()),
         );
         logs.push(old.log.clone());
         old.kill9();

@@ -16,31 +16,14 @@ use support::tables::{actual, assert_tables_equal};
 use support::*;
 use uuid::Uuid;
 
-const SEM: Semantics = Semantics {
-    lateness_s: 20,
-    gap_s: 300,
-    window_s: 120,
-    slide_s: 60,
-    min_views: 30,
-    max_purchases: 3,
-};
+const SEM: Semantics = reference::TEST_SEM;
 
-const FLAGS: [&str; 14] = [
-    "--allowed-lateness",
-    "20s",
-    "--session-gap",
-    "5m",
-    "--alert-window",
-    "2m",
-    "--alert-slide",
-    "1m",
-    "--alert-min-views",
-    "30",
-    "--alert-max-purchases",
-    "3",
-    "--audit",
-    "--batch-max-wait=100ms",
-];
+/// [`reference::TEST_SEM`]'s flags and this file's own.
+fn flags() -> Vec<&'static str> {
+    let mut f = reference::TEST_SEM_FLAGS.to_vec();
+    f.extend(["--audit", "--batch-max-wait=100ms"]);
+    f
+}
 
 fn raw(records: &[Rec]) -> Vec<(i32, i64, Vec<u8>)> {
     records
@@ -117,7 +100,7 @@ async fn a_stopped_feed_closes_every_session_and_decides_every_window() {
 
     let dlq = dead_letter_topic(&s).await;
     let group = unique("g");
-    let mut flags = FLAGS.to_vec();
+    let mut flags = flags();
     flags.extend(["--idle-timeout", "5s"]);
     let p = Processor::start(&s, &db, &topic, &dlq, &group, &flags);
     wait_caught_up(
@@ -203,7 +186,7 @@ async fn one_event_from_a_clock_an_hour_ahead_changes_nothing_else() {
     create_topic(&s.bootstrap, &topic, 1).await;
     let dlq = dead_letter_topic(&s).await;
     let group = unique("g");
-    let p = Processor::start(&s, &db, &topic, &dlq, &group, &FLAGS);
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &flags());
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &s.bootstrap)
         .set("linger.ms", "5")
@@ -301,7 +284,7 @@ async fn partitions_added_while_running_are_picked_up() {
     create_topic(&s.bootstrap, &topic, 2).await;
     let dlq = dead_letter_topic(&s).await;
     let group = unique("g");
-    let p = Processor::start(&s, &db, &topic, &dlq, &group, &FLAGS);
+    let p = Processor::start(&s, &db, &topic, &dlq, &group, &flags());
     let send = |partitions: std::ops::Range<i32>| {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &s.bootstrap)

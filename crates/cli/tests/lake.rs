@@ -762,19 +762,15 @@ fn bronze_offsets(dir: &Path) -> Vec<i64> {
 }
 
 fn produce_purchases(s: &Services, topic: &str, n: usize) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &s.bootstrap)
-        .create()
-        .unwrap();
-    for _ in 0..n {
-        let v = serde_json::to_vec(&support::corpus::purchase(5)).unwrap();
-        producer
-            .send(BaseRecord::<[u8], [u8]>::to(topic).partition(0).payload(&v))
-            .unwrap();
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    let records: Vec<_> = (0..n)
+        .map(|_| {
+            (
+                None,
+                serde_json::to_vec(&support::corpus::purchase(5)).unwrap(),
+            )
+        })
+        .collect();
+    produce(s, topic, &records);
 }
 
 /// Records deleted by Kafka's retention before the lake read them are never skipped in

@@ -7,40 +7,18 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use clickstream_model::{Event, EventTime, EventType, Money, ValidationPolicy};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::ClientConfig;
+use clickstream_model::{EventTime, ValidationPolicy};
 use support::reference::{self, Expected, Semantics};
 use support::tables::{actual, assert_tables_equal};
 use support::*;
-use uuid::Uuid;
 
-const SEM: Semantics = Semantics {
-    lateness_s: 20,
-    gap_s: 300,
-    window_s: 120,
-    slide_s: 60,
-    min_views: 30,
-    max_purchases: 3,
-};
+const SEM: Semantics = reference::TEST_SEM;
 
 fn processor_flags() -> Vec<&'static str> {
-    vec![
-        "--allowed-lateness",
-        "20s",
-        "--session-gap",
-        "5m",
-        "--alert-window",
-        "2m",
-        "--alert-slide",
-        "1m",
-        "--alert-min-views",
-        "30",
-        "--alert-max-purchases",
-        "3",
-        // The exactness test also checks the optional audit table.
-        "--audit",
-    ]
+    let mut f = reference::TEST_SEM_FLAGS.to_vec();
+    // The exactness test also checks the optional audit table.
+    f.push("--audit");
+    f
 }
 
 fn policy() -> ValidationPolicy {
@@ -360,21 +338,7 @@ async fn rebalance_with_an_instance_killed_is_exact() {
 }
 
 fn good_event(minutes_ago: i64) -> Vec<u8> {
-    let now = EventTime::now().as_micros() - minutes_ago * 60_000_000;
-    let mut e = Event::new(
-        Uuid::new_v4(),
-        EventType::Purchase,
-        EventTime::from_micros(now),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-    );
-    e.product_id = Some("P00001".into());
-    e.category = Some("toys".into());
-    e.price = Some(Money(1999));
-    e.quantity = Some(2);
-    e.order_id = Some(Uuid::new_v4());
-    e.amount = Some(Money(3998));
-    e.to_json()
+    serde_json::to_vec(&support::corpus::purchase(minutes_ago)).unwrap()
 }
 
 fn tweak(f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -540,23 +504,13 @@ async fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     db.drop().await;
 }
 
-/// Produces `payloads` to partition 0 of `topic` and waits for the acknowledgements.
+/// Produces `payloads` to partition 0 of `topic`, all with one key.
 fn produce_all(s: &Services, topic: &str, payloads: &[Vec<u8>]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &s.bootstrap)
-        .set("message.max.bytes", "4194304")
-        .create()
-        .unwrap();
-    for p in payloads {
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(topic)
-                    .key(b"k".as_slice())
-                    .payload(p.as_slice()),
-            )
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    let records: Vec<_> = payloads
+        .iter()
+        .map(|p| (Some(b"k".to_vec()), p.clone()))
+        .collect();
+    produce(s, topic, &records);
 }
 
 #[tokio::test(flavor = "multi_thread")]

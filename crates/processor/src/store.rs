@@ -691,6 +691,17 @@ pub struct Alert {
     pub purchases: i64,
 }
 
+/// An alert from a row of `(window_start, window_end, product_id, views, purchases)`.
+fn alert_from_row(r: &tokio_postgres::Row) -> Alert {
+    Alert {
+        window_start: from_ts(r.get(0)),
+        window_end: from_ts(r.get(1)),
+        product_id: r.get(2),
+        views: r.get(3),
+        purchases: r.get(4),
+    }
+}
+
 /// Alert thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct AlertRule {
@@ -745,16 +756,7 @@ pub async fn raise_alerts(
             &[&ts(closed_until), &since, &rule.min_views, &rule.max_purchases],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Alert {
-            window_start: from_ts(r.get(0)),
-            window_end: from_ts(r.get(1)),
-            product_id: r.get(2),
-            views: r.get(3),
-            purchases: r.get(4),
-        })
-        .collect())
+    Ok(rows.iter().map(alert_from_row).collect())
 }
 
 /// Claims up to `limit` alerts not yet delivered, locking their rows until `tx` ends and
@@ -774,16 +776,7 @@ pub async fn claim_undelivered_alerts(
             &[&limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Alert {
-            window_start: from_ts(r.get(0)),
-            window_end: from_ts(r.get(1)),
-            product_id: r.get(2),
-            views: r.get(3),
-            purchases: r.get(4),
-        })
-        .collect())
+    Ok(rows.iter().map(alert_from_row).collect())
 }
 
 /// Marks alerts delivered.

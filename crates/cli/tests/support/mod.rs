@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::{Client, NoTls};
 
@@ -267,6 +268,28 @@ pub fn generate_seeded(
         "generate failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Produces `(key, value)` records to partition 0 of `topic`, lz4-compressed (so the
+/// 2 MB record fits the broker's limit), and waits for the acknowledgements.
+pub fn produce(s: &Services, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .set("message.max.bytes", "4194304")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(0)
+            .payload(v.as_slice());
+        if let Some(k) = k {
+            r = r.key(k.as_slice());
+        }
+        producer.send(r).expect("queue record");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
 /// A fresh one-partition dead-letter topic.

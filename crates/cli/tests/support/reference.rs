@@ -8,6 +8,33 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use clickstream_model::{parse_event, Event, EventType, ValidationPolicy};
 use uuid::Uuid;
 
+/// The semantics most end-to-end tests run with: short windows and gaps so a few
+/// minutes of event time exercise everything.
+pub const TEST_SEM: Semantics = Semantics {
+    lateness_s: 20,
+    gap_s: 300,
+    window_s: 120,
+    slide_s: 60,
+    min_views: 30,
+    max_purchases: 3,
+};
+
+/// [`TEST_SEM`] as `clickstream process` flags.
+pub const TEST_SEM_FLAGS: [&str; 12] = [
+    "--allowed-lateness",
+    "20s",
+    "--session-gap",
+    "5m",
+    "--alert-window",
+    "2m",
+    "--alert-slide",
+    "1m",
+    "--alert-min-views",
+    "30",
+    "--alert-max-purchases",
+    "3",
+];
+
 /// Operator settings the processor was started with.
 #[derive(Debug, Clone, Copy)]
 pub struct Semantics {
