@@ -33,3 +33,9 @@ COMMENT ON COLUMN analytics.flash_sale_alerts.notified_at IS
     'When the alert sinks were told; NULL until then (delivered at least once).';
 CREATE INDEX flash_sale_alerts_unnotified_idx ON analytics.flash_sale_alerts (window_start, product_id)
     WHERE notified_at IS NULL;
+
+-- Since when a partition has been idle (caught up, no records): its watermark then follows
+-- the processing clock. NULL while records flow.
+ALTER TABLE analytics.consumer_offsets ADD COLUMN idle_since timestamptz;
+COMMENT ON COLUMN analytics.consumer_offsets.idle_since IS
+    'Set while the partition is idle and its watermark follows the clock; NULL while records flow.';

@@ -72,18 +72,21 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         let wm = l.watermark_ms.map_or("-".into(), |ms| {
             clickstream_model::EventTime::from_millis(ms).to_string()
         });
-        let age = health
+        let stored = health
             .partitions
             .iter()
-            .find(|p| p.partition == l.partition)
-            .map_or("never".into(), |p| {
-                format!("{:.1}s ago", p.updated_seconds_ago)
-            });
+            .find(|p| p.partition == l.partition);
+        let age = stored.map_or("never".into(), |p| {
+            format!("{:.1}s ago", p.updated_seconds_ago)
+        });
+        let idle = stored
+            .and_then(|p| p.idle_seconds)
+            .map_or(String::new(), |s| format!("  idle for {s:.0}s"));
         let lag = l.lag.unwrap_or(0);
         total_lag += lag;
         let end = l.end.map_or("-".into(), |e| e.to_string());
         println!(
-            "{:>9} {:>12} {:>12} {lag:>10}  {wm:<24} {age:>12}",
+            "{:>9} {:>12} {:>12} {lag:>10}  {wm:<24} {age:>12}{idle}",
             l.partition, l.committed, end
         );
     }

@@ -140,6 +140,22 @@ async fn a_stopped_feed_closes_every_session_and_decides_every_window() {
     )
     .await;
     assert_eq!(with_watermark, 6);
+    let idle = scalar(
+        &db,
+        "SELECT count(*) FROM analytics.consumer_offsets WHERE idle_since IS NOT NULL",
+    )
+    .await;
+    assert_eq!(idle, 6, "every partition is marked idle");
+    let status = clickstream()
+        .args(["status", "--bootstrap", &s.bootstrap, "--topic", &topic])
+        .args(["--group", &group, "--database-url", &db.reader_url])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(out.matches("idle for").count(), 6, "{out}");
+    assert!(p
+        .scrape_metrics()
+        .contains("\nclickstream_processor_idle_partitions 6\n"));
     assert_tables_equal(&want, &actual(&db).await);
     // Every alert went through the outbox to the log sink, once.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -230,7 +230,8 @@ function renderHealth(hl) {
     h("td", { class: "num" }, num(p.committed)),
     h("td", { class: "num" }, num(p.end)),
     h("td", { class: "num" }, num(p.lag), p.lag ? h("span", { class: "lagbar", style: { width: ((40 * p.lag) / maxLag).toFixed(0) + "px" } }) : null),
-    h("td", {}, p.watermark_ms ? stamp(p.watermark_ms) : "–"))));
+    h("td", {}, p.watermark_ms ? stamp(p.watermark_ms) : "–",
+      p.idle_seconds != null ? h("span", { class: "muted", title: "no records: the watermark follows the clock" }, " idle") : null))));
   const inst = $("instances").tBodies[0];
   if (!hl.instances.length) inst.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No processor has ever run for this group.")));
   else inst.replaceChildren(...hl.instances.slice(0, 8).map((i) => h("tr", {},

@@ -568,6 +568,8 @@ pub struct PartitionHealth {
     pub lag: Option<i64>,
     /// The partition's event-time watermark, epoch milliseconds.
     pub watermark_ms: Option<i64>,
+    /// Seconds since it went idle (its watermark follows the clock), if it is.
+    pub idle_seconds: Option<f64>,
 }
 
 /// One processor instance.
@@ -656,6 +658,7 @@ pub async fn health(
             end: l.end,
             lag: l.lag,
             watermark_ms: l.watermark_ms,
+            idle_seconds: l.idle_seconds,
         })
         .collect();
     let total_lag = kafka_error

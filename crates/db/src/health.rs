@@ -17,6 +17,9 @@ pub struct PartitionProgress {
     pub watermark_ms: Option<i64>,
     /// Seconds since the partition's offsets were last committed.
     pub updated_seconds_ago: f64,
+    /// Seconds since the partition went idle (caught up, no records; its watermark follows
+    /// the clock); `None` while records flow.
+    pub idle_seconds: Option<f64>,
 }
 
 /// One processor instance, from its heartbeat row.
@@ -62,7 +65,7 @@ impl InstanceHealth {
 }
 
 /// One partition's lag: stored progress against Kafka's end offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PartitionLag {
     /// Kafka partition.
     pub partition: i32,
@@ -74,6 +77,8 @@ pub struct PartitionLag {
     pub lag: Option<i64>,
     /// Event-time watermark, epoch milliseconds.
     pub watermark_ms: Option<i64>,
+    /// Seconds since it went idle, if it is.
+    pub idle_seconds: Option<f64>,
 }
 
 /// A consumer group's health.
@@ -128,6 +133,7 @@ impl GroupHealth {
                     end,
                     lag: end.map(|e| (e - committed).max(0)),
                     watermark_ms: stored.and_then(|x| x.watermark_ms),
+                    idle_seconds: stored.and_then(|x| x.idle_seconds),
                 }
             })
             .collect()
@@ -146,7 +152,8 @@ pub async fn group_health(
     let (offsets, beats) = tokio::try_join!(
         c.query(
             "SELECT kafka_partition, next_offset, (extract(epoch FROM watermark) * 1000)::int8,
-                    extract(epoch FROM now() - updated_at)::float8
+                    extract(epoch FROM now() - updated_at)::float8,
+                    extract(epoch FROM now() - idle_since)::float8
                FROM analytics.consumer_offsets
               WHERE consumer_group = $1 AND topic = $2 ORDER BY 1",
             &gt,
@@ -170,6 +177,7 @@ pub async fn group_health(
             committed: r.get(1),
             watermark_ms: r.get(2),
             updated_seconds_ago: r.get(3),
+            idle_seconds: r.get(4),
         })
         .collect();
     let instances = beats
@@ -215,12 +223,14 @@ mod tests {
                     committed: 90,
                     watermark_ms: Some(5),
                     updated_seconds_ago: 1.0,
+                    idle_seconds: None,
                 },
                 PartitionProgress {
                     partition: 7,
                     committed: 10,
                     watermark_ms: None,
                     updated_seconds_ago: 1.0,
+                    idle_seconds: Some(90.0),
                 },
             ],
             instances: Vec::new(),

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub future_events: Counter,
     /// Records Kafka's retention deleted before they were processed.
     pub lost_to_retention: Counter,
+    /// Assigned partitions that are idle (caught up, no records for the idle timeout).
+    pub idle_partitions: Gauge,
     /// Dead letters queued while the dead-letter topic was unreachable, delivered later
     /// from `analytics.rejected_events`.
     pub dlq_pending: Gauge,
@@ -92,6 +94,7 @@ impl Metrics {
             batches_split: Counter::default(),
             future_events: Counter::default(),
             lost_to_retention: Counter::default(),
+            idle_partitions: Gauge::default(),
             dlq_pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_processor");
@@ -185,6 +188,11 @@ impl Metrics {
             "lost_to_retention",
             "Records Kafka's retention deleted before they were processed",
             m.lost_to_retention.clone(),
+        );
+        r.register(
+            "idle_partitions",
+            "Assigned partitions idle for the idle timeout (their watermark follows the clock)",
+            m.idle_partitions.clone(),
         );
         r.register(
             "dlq_pending_records",

@@ -646,6 +646,8 @@ pub struct Position {
     pub watermark: Option<EventTime>,
     /// Largest event time seen.
     pub max_event_time: Option<EventTime>,
+    /// The partition is idle: its watermark moved with the clock, not with records.
+    pub idle: bool,
 }
 
 /// Upserts the positions reached by this batch.
@@ -662,15 +664,20 @@ pub async fn write_positions(
     let wm: Vec<Option<DateTime<Utc>>> = positions.iter().map(|p| p.watermark.map(ts)).collect();
     let max: Vec<Option<DateTime<Utc>>> =
         positions.iter().map(|p| p.max_event_time.map(ts)).collect();
+    let idle: Vec<bool> = positions.iter().map(|p| p.idle).collect();
     tx.execute(
         "INSERT INTO analytics.consumer_offsets AS t
-                (consumer_group, topic, kafka_partition, next_offset, watermark, max_event_time, updated_at)
-         SELECT $1, $2, p, o, w, m, now()
-           FROM UNNEST($3::int4[], $4::int8[], $5::timestamptz[], $6::timestamptz[]) AS u(p, o, w, m)
+                (consumer_group, topic, kafka_partition, next_offset, watermark, max_event_time,
+                 updated_at, idle_since)
+         SELECT $1, $2, p, o, w, m, now(), CASE WHEN i THEN now() END
+           FROM UNNEST($3::int4[], $4::int8[], $5::timestamptz[], $6::timestamptz[], $7::bool[])
+                AS u(p, o, w, m, i)
          ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE SET
             next_offset = EXCLUDED.next_offset, watermark = EXCLUDED.watermark,
-            max_event_time = EXCLUDED.max_event_time, updated_at = now()",
-        &[&group, &topic, &part, &next, &wm, &max],
+            max_event_time = EXCLUDED.max_event_time, updated_at = now(),
+            idle_since = CASE WHEN EXCLUDED.idle_since IS NULL THEN NULL
+                              ELSE coalesce(t.idle_since, EXCLUDED.idle_since) END",
+        &[&group, &topic, &part, &next, &wm, &max, &idle],
     )
     .await?;
     Ok(())

@@ -135,6 +135,7 @@ impl Loop<'_> {
                     next_offset: *next,
                     watermark: part.state.watermark,
                     max_event_time: part.state.max_event_time,
+                    idle: false,
                 });
             }
         }

@@ -96,6 +96,13 @@ impl Loop<'_> {
                     .set(lag.max(0));
             }
         }
+        let timeout = self.cfg.idle_timeout;
+        let idle = self
+            .parts
+            .values()
+            .filter(|p| !timeout.is_zero() && p.caught_up() && p.last_record.elapsed() >= timeout)
+            .count();
+        self.metrics.idle_partitions.set(idle as i64);
     }
 
     /// Liveness for dashboards and `status` while no batch commits (idle input).
@@ -170,6 +177,7 @@ impl Loop<'_> {
                 next_offset: next,
                 watermark: part.state.watermark,
                 max_event_time: part.state.max_event_time,
+                idle: true,
             });
         }
         if ends.is_empty() {
