@@ -84,16 +84,21 @@ impl Loop<'_> {
     /// partition is caught up (for idleness).
     pub(super) fn update_lag(&mut self) {
         for (p, part) in &mut self.parts {
-            if let Ok((low, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1))
+            match self
+                .consumer
+                .fetch_watermarks(&self.cfg.topic, *p, Duration::from_secs(1))
             {
-                part.log = Some((low, high));
-                let lag = high - part.stored_next.unwrap_or(low);
-                self.metrics
-                    .lag
-                    .get_or_create(&PartitionLabel { partition: *p })
-                    .set(lag.max(0));
+                Ok((low, high)) => {
+                    part.log = Some((low, high));
+                    let lag = high - part.stored_next.unwrap_or(low);
+                    self.metrics
+                        .lag
+                        .get_or_create(&PartitionLabel { partition: *p })
+                        .set(lag.max(0));
+                }
+                // Without the broker nobody knows whether records are waiting (a feed
+                // buffered through a broker restart): not caught up, so never idle.
+                Err(_) => part.log = None,
             }
         }
         let timeout = self.cfg.idle_timeout;
