@@ -231,7 +231,8 @@ pub fn run(
             l.poll_batch(&stop)?
         };
         let cp = Instant::now();
-        // A dead-letter delivery failure abandons this batch like a failed transaction.
+        // A retriable failure before the transaction (a probe that lost its connection, a
+        // resume gap) abandons the batch like a failed transaction.
         let mut abandoned = None;
         let mut prepared = if polled.is_empty() {
             None
