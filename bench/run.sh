@@ -53,21 +53,36 @@ measure() {
 # CPU seconds ("1.5+0.3" from time(1), or a sum of such) per million of $2 records.
 cpu_per_m() { echo "scale=1; ($1) * 1000000 / $2" | bc; }
 
+# CPU seconds the local PostgreSQL has used so far (from /proc): the postmaster, its live
+# children (backends, WAL writer, checkpointer, autovacuum) and the children it reaped.
+pg_cpu() {
+    local pm pid rest ticks=0
+    pm=$(head -n1 "$STATE/pg/postmaster.pid")
+    for pid in $pm $(pgrep -P "$pm"); do
+        rest=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
+        # Fields after "(comm)": state is 3, so utime (14) .. cstime (17) are at 11 .. 14.
+        read -r -a f <<<"$rest"
+        ticks=$((ticks + f[11] + f[12]))
+        [ "$pid" = "$pm" ] && ticks=$((ticks + f[13] + f[14]))
+    done
+    echo "scale=2; $ticks / $(getconf CLK_TCK)" | bc
+}
+
 machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "machine: $machine; $(date -u +%Y-%m-%d); records per run: $N"
 echo
 # Lines printed after the table.
 notes=()
-echo "| benchmark | settings | records/s | peak RSS | CPU s / M records |"
-echo "|---|---|---:|---:|---:|"
+echo "| benchmark | settings | records/s | peak RSS | CPU s / M records | PostgreSQL CPU s / M records |"
+echo "|---|---|---:|---:|---:|---:|"
 if [ "$what" = generator ] || [ "$what" = all ]; then
     read -r rate rss cpu < <(measure "$N" "$BIN" generate --sink null --no-pacing --no-catalog --progress never -n "$N")
-    printf '| generate -> null sink (simulate + serialise JSON) | defaults, --no-pacing | %s | %s MB | %s |\n' "$rate" "$rss" "$cpu"
+    printf '| generate -> null sink (simulate + serialise JSON) | defaults, --no-pacing | %s | %s MB | %s | - |\n' "$rate" "$rss" "$cpu"
     topic="bench.raw.$(date +%s)"
     read -r rate rss cpu < <(measure "$N" "$BIN" generate --sink kafka --topic "$topic" --no-pacing --no-catalog --progress never -n "$N")
-    printf '| generate -> local Kafka (acked, incl. final flush) | 6 partitions, lz4, linger 20 ms, idempotent | %s | %s MB | %s |\n' "$rate" "$rss" "$cpu"
+    printf '| generate -> local Kafka (acked, incl. final flush) | 6 partitions, lz4, linger 20 ms, idempotent | %s | %s MB | %s | - |\n' "$rate" "$rss" "$cpu"
     read -r rate rss cpu < <(measure "$N" "$BIN" generate --sink kafka --topic "$topic.zstd" --compression zstd --no-pacing --no-catalog --progress never -n "$N")
-    printf '| generate -> local Kafka, zstd | as above, zstd | %s | %s MB | %s |\n' "$rate" "$rss" "$cpu"
+    printf '| generate -> local Kafka, zstd | as above, zstd | %s | %s MB | %s | - |\n' "$rate" "$rss" "$cpu"
 fi
 
 if [ "$what" = processor ] || [ "$what" = all ]; then
@@ -90,6 +105,7 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         "$BIN" migrate >&2 2>/dev/null
         [ -z "${BENCH_PG_DB_SETTINGS:-}" ] || psql "$base/postgres" -qc "ALTER DATABASE clickstream_bench SET $BENCH_PG_DB_SETTINGS" >&2
         group="e2e-$stamp-$inst"
+        pg0=$(pg_cpu)
         t0=$(date +%s.%N)
         pids=()
         for i in $(seq 1 "$inst"); do
@@ -103,6 +119,7 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         cf=$(committed "$group")
         until [ "$(committed "$group")" -ge "$P" ]; do sleep 0.2; done
         t1=$(date +%s.%N)
+        pg1=$(pg_cpu)
         # Signal the processors (time's children), so time(1) itself lives to report.
         for pid in "${pids[@]}"; do pkill -TERM -P "$pid"; wait "$pid" || true; done
         rss=0; cpu=0
@@ -114,7 +131,7 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         rate=$(echo "($P - $cf) / ($t1 - $tf)" | bc)
         whole=$(echo "$P / ($t1 - $t0)" | bc)
         startup=$(echo "scale=1; ($tf - $t0) / 1" | bc)
-        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, sustained) | %s instance(s), batch <= 25,000 / 250 ms, %s | %s | %s MB per instance | %s |\n' "$P" "$inst" "${BENCH_PROCESS_FLAGS:-defaults}" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$P")"
+        printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, sustained) | %s instance(s), batch <= 25,000 / 250 ms, %s | %s | %s MB per instance | %s | %s |\n' "$P" "$inst" "${BENCH_PROCESS_FLAGS:-defaults}" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$P")" "$(cpu_per_m "$pg1 - $pg0" "$P")"
         notes+=("with $inst instance(s): ${whole} records/s including ${startup} s from start to the first commit")
     done
 
@@ -154,7 +171,7 @@ if [ "$what" = lake ] || [ "$what" = all ]; then
     rate=$(echo "$L / ($t1 - $t0)" | bc)
     size=$(du -sm "$dir/bronze" | cut -f1)/$(du -sm "$dir/silver" | cut -f1)
     cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-lake-time.txt" | cut -d= -f2)
-    printf '| lake: Kafka -> bronze + silver Parquet (zstd), %s-record backlog | 1 writer, 6 partitions, row groups of 65,536 | %s | %s MB | %s |\n' "$L" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
+    printf '| lake: Kafka -> bronze + silver Parquet (zstd), %s-record backlog | 1 writer, 6 partitions, row groups of 65,536 | %s | %s MB | %s | - |\n' "$L" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
     t0=$(date +%s.%N)
     /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-batch-time.txt" \
         "$BIN" batch --date "$day" --lake-dir "$dir" --no-postgres 2>"$STATE/bench-batch.log"
@@ -163,7 +180,7 @@ if [ "$what" = lake ] || [ "$what" = all ]; then
     secs=$(echo "scale=1; ($t1 - $t0) / 1" | bc)
     rate=$(echo "$L / ($t1 - $t0)" | bc)
     cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-batch-time.txt" | cut -d= -f2)
-    printf '| batch: one day of silver -> gold Parquet (%s events, %s s) | all gold tables, 30-day user history | %s | %s MB | %s |\n' "$L" "$secs" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
+    printf '| batch: one day of silver -> gold Parquet (%s events, %s s) | all gold tables, 30-day user history | %s | %s MB | %s | - |\n' "$L" "$secs" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
     notes+=("lake size for $L records: bronze/silver $size MB")
     rm -rf "$dir"
 fi
