@@ -857,3 +857,28 @@ async fn records_lost_to_retention_are_reported_not_skipped_silently() {
     db.drop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A lake writer pointed at a topic that does not exist stops at once, naming the topic
+/// and how to create it (instead of waiting on an empty assignment forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_topic_stops_the_lake_writer_with_a_clear_message() {
+    let s = services();
+    let missing = unique("mine_raw");
+    let dir = lake_dir();
+    let started = Instant::now();
+    let out = clickstream()
+        .args(["lake", "--bootstrap", &s.bootstrap, "--topic", &missing])
+        .args(["--metrics-addr", "127.0.0.1:0", "--stop-at-end"])
+        .arg("--lake-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&missing) && err.contains("kafka-topics"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
