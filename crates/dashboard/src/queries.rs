@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::error::ApiError;
+use clickstream_db::health::{InstanceHealth, PartitionLag};
 
 /// Event types in funnel order, as stored in `metrics_minute.event_type`.
 pub const EVENT_TYPES: [&str; 3] = ["page_view", "add_to_cart", "purchase"];
@@ -555,46 +556,6 @@ pub async fn alerts(c: &Client, limit: i64) -> Result<Alerts, ApiError> {
     })
 }
 
-/// One partition's progress as PostgreSQL knows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PartitionHealth {
-    /// Kafka partition.
-    pub partition: i32,
-    /// Next offset to process (committed with the results).
-    pub committed: i64,
-    /// Kafka's end offset, if Kafka answered.
-    pub end: Option<i64>,
-    /// `end - committed`.
-    pub lag: Option<i64>,
-    /// The partition's event-time watermark, epoch milliseconds.
-    pub watermark_ms: Option<i64>,
-    /// Seconds since it went idle (its watermark follows the clock), if it is.
-    pub idle_seconds: Option<f64>,
-}
-
-/// One processor instance.
-#[derive(Debug, Clone, Serialize)]
-pub struct Instance {
-    /// Instance id (host and process).
-    pub instance_id: String,
-    /// Seconds since it was last alive.
-    pub seen_seconds_ago: f64,
-    /// Seconds since its last batch commit (`None`: never committed).
-    pub commit_seconds_ago: Option<f64>,
-    /// Whether it shut down cleanly (and has not restarted).
-    pub stopped: bool,
-    /// Whether it was alive recently (see `--stale-after`).
-    pub running: bool,
-    /// Distinct events it applied since it started.
-    pub events: i64,
-    /// Failed batch attempts since its last commit (0 while healthy).
-    pub consecutive_failures: i32,
-    /// Seconds since its current run of failures began (`None` while healthy).
-    pub stalled_seconds: Option<f64>,
-    /// Its latest error while stalled.
-    pub last_error: Option<String>,
-}
-
 /// Pipeline health: progress per partition, instances, dead letters.
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
@@ -603,13 +564,13 @@ pub struct Health {
     /// Raw topic shown.
     pub topic: String,
     /// Per partition (every partition Kafka reports, plus any PostgreSQL knows).
-    pub partitions: Vec<PartitionHealth>,
+    pub partitions: Vec<PartitionLag>,
     /// Sum of known lags.
     pub total_lag: Option<i64>,
     /// Why lag is unknown, if it is.
     pub kafka_error: Option<String>,
     /// Processor instances of the group, most recently alive first.
-    pub instances: Vec<Instance>,
+    pub instances: Vec<InstanceHealth>,
     /// Whether any instance is alive.
     pub processor_running: bool,
     /// Seconds since the group's last batch commit.
@@ -649,38 +610,12 @@ pub async fn health(
         Ok(e) => (e, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    let partitions: Vec<PartitionHealth> = model
-        .lag(&ends)
-        .into_iter()
-        .map(|l| PartitionHealth {
-            partition: l.partition,
-            committed: l.committed,
-            end: l.end,
-            lag: l.lag,
-            watermark_ms: l.watermark_ms,
-            idle_seconds: l.idle_seconds,
-        })
-        .collect();
+    let partitions = model.lag(&ends);
     let total_lag = kafka_error
         .is_none()
         .then(|| partitions.iter().filter_map(|p| p.lag).sum());
     let (events_applied, duplicates) = model.totals();
-    let instances: Vec<Instance> = model
-        .instances
-        .iter()
-        .take(50)
-        .map(|i| Instance {
-            instance_id: i.instance_id.clone(),
-            seen_seconds_ago: i.seen_seconds_ago,
-            commit_seconds_ago: i.commit_seconds_ago,
-            stopped: i.stopped,
-            running: i.running,
-            events: i.events,
-            consecutive_failures: i.consecutive_failures,
-            stalled_seconds: i.stalled_seconds,
-            last_error: i.last_error.clone(),
-        })
-        .collect();
+    let instances: Vec<InstanceHealth> = model.instances.iter().take(50).cloned().collect();
     Ok(Health {
         group: group.to_string(),
         topic: topic.to_string(),

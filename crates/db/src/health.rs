@@ -2,8 +2,10 @@
 //! (committed offset, watermark, last update) and per-instance liveness, counters and stall
 //! state. `clickstream status` and the dashboard both read it, so they never disagree about
 //! what "running", "stalled" or "lag" mean. Lag needs Kafka's end offsets, which the caller
-//! fetches with its own client and hands to [`GroupHealth::lag`].
+//! fetches with its own client and hands to [`GroupHealth::lag`]. The dashboard's API
+//! serialises these types as they are.
 
+use serde::Serialize;
 use tokio_postgres::Client;
 
 /// One partition's progress as PostgreSQL knows it.
@@ -23,7 +25,7 @@ pub struct PartitionProgress {
 }
 
 /// One processor instance, from its heartbeat row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceHealth {
     /// Instance id (host and process).
     pub instance_id: String,
@@ -65,7 +67,7 @@ impl InstanceHealth {
 }
 
 /// One partition's lag: stored progress against Kafka's end offset.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PartitionLag {
     /// Kafka partition.
     pub partition: i32,
