@@ -778,8 +778,6 @@ fn produce_purchases(s: &Services, topic: &str, n: usize) {
 /// the lake, and `status` shows them.
 #[tokio::test(flavor = "multi_thread")]
 async fn records_lost_to_retention_are_reported_not_skipped_silently() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
     let s = services();
     let topic = unique("retention");
     create_topic(&s.bootstrap, &topic, 1).await;
@@ -807,17 +805,7 @@ async fn records_lost_to_retention_are_reported_not_skipped_silently() {
 
     // 100 more while the writer is down, and retention deletes everything before 150.
     produce_purchases(&s, &topic, 100);
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &s.bootstrap)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(150))
-        .unwrap();
-    admin
-        .delete_records(&tpl, &AdminOptions::new())
-        .await
-        .unwrap();
+    delete_records_before(&s, &topic, 0, 150).await;
     // This time as a service: the loss is in its log and its metrics too.
     let writer = LakeWriter::start(&s, &topic, &dir, &["--roll-records", "10"]);
     wait_committed(

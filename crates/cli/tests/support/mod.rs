@@ -292,6 +292,24 @@ pub fn produce(s: &Services, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
+/// Deletes the records of `topic`'s `partition` before `offset`, as Kafka's retention
+/// would.
+pub async fn delete_records_before(s: &Services, topic: &str, partition: i32, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &s.bootstrap)
+        .create()
+        .expect("admin client");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("partition");
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .expect("delete records");
+}
+
 /// A fresh one-partition dead-letter topic.
 pub async fn dead_letter_topic(s: &Services) -> String {
     let dlq = unique("dlq");

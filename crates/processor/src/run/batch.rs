@@ -299,6 +299,9 @@ impl Loop<'_> {
     /// Kafka's retention deleted those records (said loudly, then accepted) or it keeps
     /// coming back (offsets that hold no records, such as transaction markers).
     pub(super) fn check_resume(&mut self, p: &Prepared) -> Result<(), ProcessorError> {
+        if !self.parts.values().any(|x| x.resuming) {
+            return Ok(());
+        }
         for &(partition, offset) in &p.offsets {
             let Some(part) = self.parts.get_mut(&partition) else {
                 continue;
