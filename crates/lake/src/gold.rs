@@ -521,6 +521,7 @@ mod tests {
             event_id: id,
             event_type: t,
             event_time_us: 0,
+            client_time_us: None,
             user_id: user,
             session_id: user,
             product_id: product.map(Into::into),

@@ -24,6 +24,9 @@ pub struct SilverEvent {
     pub event_type: EventType,
     /// Event time, µs since the epoch.
     pub event_time_us: i64,
+    /// The device's time of the event when the collector corrected `event_time` for its
+    /// clock skew (part of the dedup identity), µs.
+    pub client_time_us: Option<i64>,
     /// User.
     pub user_id: u128,
     /// Visit.
@@ -59,14 +62,19 @@ pub fn dedup_key(id: u128, t_us: i64) -> DedupKey {
 impl SilverEvent {
     /// This event's dedup identity.
     pub fn key(&self) -> DedupKey {
-        dedup_key(self.event_id, self.event_time_us)
+        dedup_key(
+            self.event_id,
+            self.client_time_us.unwrap_or(self.event_time_us),
+        )
     }
 }
 
-const SILVER_COLUMNS: [&str; 13] = [
+/// `client_time` is absent from files written before the collector existed.
+const SILVER_COLUMNS: [&str; 14] = [
     "event_id",
     "event_type",
     "event_time",
+    "client_time",
     "user_id",
     "session_id",
     "product_id",
@@ -138,6 +146,10 @@ pub fn for_each_silver(path: &Path, mut f: impl FnMut(SilverEvent)) -> Result<()
         let id = col::<StringArray>(&b, "event_id", path)?;
         let ty = col::<StringArray>(&b, "event_type", path)?;
         let time = col::<TimestampMicrosecondArray>(&b, "event_time", path)?;
+        let client_time = match b.column_by_name("client_time") {
+            None => None,
+            Some(_) => Some(col::<TimestampMicrosecondArray>(&b, "client_time", path)?),
+        };
         let user = col::<StringArray>(&b, "user_id", path)?;
         let session = col::<StringArray>(&b, "session_id", path)?;
         let product = col::<StringArray>(&b, "product_id", path)?;
@@ -157,6 +169,7 @@ pub fn for_each_silver(path: &Path, mut f: impl FnMut(SilverEvent)) -> Result<()
                 event_id: uuid_of(id.value(i), path)?,
                 event_type,
                 event_time_us: time.value(i),
+                client_time_us: client_time.filter(|c| !c.is_null(i)).map(|c| c.value(i)),
                 user_id: uuid_of(user.value(i), path)?,
                 session_id: uuid_of(session.value(i), path)?,
                 product_id: (!product.is_null(i)).then(|| intern(product.value(i))),

@@ -9,7 +9,6 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use clickstream_model::event::is_bot_agent;
 use clickstream_model::Event;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -54,6 +53,12 @@ pub fn silver_schema() -> SchemaRef {
         s("utm_source", true),
         s("page", true),
         Field::new("is_bot", DataType::Boolean, false),
+        s("browser", true),
+        s("os", true),
+        s("ip", true),
+        Field::new("client_time", ts(TimeUnit::Microsecond), true),
+        Field::new("sent_at", ts(TimeUnit::Microsecond), true),
+        Field::new("received_at", ts(TimeUnit::Microsecond), true),
         Field::new("kafka_partition", DataType::Int32, false),
         Field::new("kafka_offset", DataType::Int64, false),
         Field::new("kafka_timestamp", ts(TimeUnit::Millisecond), true),
@@ -170,8 +175,10 @@ impl BronzeRows {
 
 /// Silver rows being collected for the next Arrow batch.
 pub struct SilverRows {
-    strings: [StringBuilder; 14],
+    strings: [StringBuilder; 16],
     event_time: TimestampMicrosecondBuilder,
+    /// `client_time`, `sent_at`, `received_at`.
+    clocks: [TimestampMicrosecondBuilder; 3],
     price: Int64Builder,
     quantity: Int32Builder,
     amount: Int64Builder,
@@ -187,6 +194,9 @@ impl Default for SilverRows {
         SilverRows {
             strings: std::array::from_fn(|_| StringBuilder::new()),
             event_time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            clocks: std::array::from_fn(|_| {
+                TimestampMicrosecondBuilder::new().with_timezone("UTC")
+            }),
             price: Int64Builder::new(),
             quantity: Int32Builder::new(),
             amount: Int64Builder::new(),
@@ -213,7 +223,9 @@ const USER_AGENT: usize = 9;
 const REFERRER: usize = 10;
 const UTM_SOURCE: usize = 11;
 const PAGE: usize = 12;
-// 13 is unused padding so the array type stays simple.
+const BROWSER: usize = 13;
+const OS: usize = 14;
+const IP: usize = 15;
 
 impl SilverRows {
     /// Appends one event with its Kafka position.
@@ -236,13 +248,23 @@ impl SilverRows {
         s[REFERRER].append_option(e.referrer.as_deref());
         s[UTM_SOURCE].append_option(e.utm_source.as_deref());
         s[PAGE].append_option(e.page.as_deref());
+        s[BROWSER].append_option(e.browser.as_deref());
+        s[OS].append_option(e.os.as_deref());
+        s[IP].append_option(e.ip.as_deref());
+        for (b, t) in self
+            .clocks
+            .iter_mut()
+            .zip([e.client_timestamp, e.sent_at, e.received_at])
+        {
+            b.append_option(t.map(|t| t.as_micros()));
+        }
         self.event_time.append_value(e.timestamp.as_micros());
         self.price.append_option(e.price.map(|m| m.cents()));
         self.quantity
             .append_option(e.quantity.map(|q| i32::try_from(q).unwrap_or(i32::MAX)));
         self.amount.append_option(e.amount.map(|m| m.cents()));
         self.is_bot
-            .append_value(is_bot_agent(e.user_agent.as_deref()));
+            .append_value(e.is_bot());
         self.partition.append_value(partition);
         self.offset.append_value(offset);
         self.timestamp.append_option(timestamp_ms);
@@ -282,6 +304,12 @@ impl SilverRows {
             s(UTM_SOURCE),
             s(PAGE),
             Arc::new(self.is_bot.finish()),
+            s(BROWSER),
+            s(OS),
+            s(IP),
+            Arc::new(self.clocks[0].finish()),
+            Arc::new(self.clocks[1].finish()),
+            Arc::new(self.clocks[2].finish()),
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.timestamp.finish()),

@@ -192,15 +192,48 @@ pub struct Event {
     /// Page kind: `home`, `category`, `search`, `product`, `cart`, `checkout`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<Arc<str>>,
+    /// Browser family and major version (`Chrome 120`), set by the collector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser: Option<Arc<str>>,
+    /// Operating system family (`Android`, `Windows`), set by the collector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os: Option<Arc<str>>,
+    /// Whether the user agent is a known crawler or script, set by the collector; when
+    /// absent, readers fall back to [`is_bot_agent`] (see [`Event::is_bot`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bot: Option<bool>,
+    /// The client's address, anonymised (IPv4: last octet zeroed; IPv6: last 80 bits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Arc<str>>,
+    /// The device's own clock reading of the event, when the collector corrected
+    /// `timestamp` for the device's clock skew. Part of the dedup identity (see
+    /// [`Event::key`]): a retried send gets a slightly different correction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_timestamp: Option<EventTime>,
+    /// The device's clock when it sent the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<EventTime>,
+    /// The collector's clock when it received the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<EventTime>,
 }
 
 impl Event {
-    /// The deduplication identity of this event.
+    /// The deduplication identity of this event: its id and the time the device stamped
+    /// on it (`client_timestamp` when the collector corrected `timestamp`, which a retry
+    /// with another `sent_at` would correct slightly differently).
     pub fn key(&self) -> EventKey {
         EventKey {
-            timestamp: self.timestamp,
+            timestamp: self.client_timestamp.unwrap_or(self.timestamp),
             event_id: self.event_id,
         }
+    }
+
+    /// Whether this event came from a crawler or script: the collector's verdict when it
+    /// gave one, else the user-agent rule every reader shares ([`is_bot_agent`]).
+    pub fn is_bot(&self) -> bool {
+        self.bot
+            .unwrap_or_else(|| is_bot_agent(self.user_agent.as_deref()))
     }
 
     /// A bare event of `event_type` with no product, order or context fields.
@@ -230,6 +263,13 @@ impl Event {
             referrer: None,
             utm_source: None,
             page: None,
+            browser: None,
+            os: None,
+            bot: None,
+            ip: None,
+            client_timestamp: None,
+            sent_at: None,
+            received_at: None,
         }
     }
 

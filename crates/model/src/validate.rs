@@ -207,6 +207,15 @@ pub enum RejectReason {
         /// Field name.
         field: &'static str,
     },
+    /// `client_timestamp`, `sent_at` or `received_at` is not RFC 3339, or further from now
+    /// than the event-age bound (a device clock that far off cannot be corrected).
+    #[error("field `{field}` ({value}) is not an RFC 3339 time within the event-age bound of now")]
+    InvalidClockTime {
+        /// Field name.
+        field: &'static str,
+        /// The value, printable.
+        value: String,
+    },
     /// Structurally invalid in a way none of the above names (e.g. a duplicated key).
     #[error("malformed event: {0}")]
     Malformed(String),
@@ -214,7 +223,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason code, for documentation and coverage tests.
-    pub const ALL_CODES: [&'static str; 22] = [
+    pub const ALL_CODES: [&'static str; 23] = [
         "empty_payload",
         "too_large",
         "not_utf8",
@@ -236,6 +245,7 @@ impl RejectReason {
         "amount_mismatch",
         "bad_field_length",
         "control_character",
+        "invalid_clock_time",
         "malformed",
     ];
 
@@ -263,6 +273,7 @@ impl RejectReason {
             RejectReason::AmountMismatch { .. } => "amount_mismatch",
             RejectReason::BadFieldLength { .. } => "bad_field_length",
             RejectReason::ControlCharacter { .. } => "control_character",
+            RejectReason::InvalidClockTime { .. } => "invalid_clock_time",
             RejectReason::Malformed(_) => "malformed",
         }
     }
@@ -277,7 +288,8 @@ impl RejectReason {
             | RejectReason::NegativeAmount { field }
             | RejectReason::AmountTooLarge { field }
             | RejectReason::BadFieldLength { field, .. }
-            | RejectReason::ControlCharacter { field } => Some(field),
+            | RejectReason::ControlCharacter { field }
+            | RejectReason::InvalidClockTime { field, .. } => Some(field),
             RejectReason::UnknownEventType(_) => Some("event_type"),
             RejectReason::InvalidTimestamp
             | RejectReason::TimestampTooOld(_)
@@ -347,10 +359,24 @@ struct Wire<'a> {
     utm_source: Field<Cow<'a, str>>,
     #[serde(default, borrow)]
     page: Field<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    browser: Field<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    os: Field<Cow<'a, str>>,
+    #[serde(default)]
+    bot: Field<bool>,
+    #[serde(default, borrow)]
+    ip: Field<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    client_timestamp: Field<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    sent_at: Field<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    received_at: Field<Cow<'a, str>>,
 }
 
 /// The JSON type each known field must have, for the precise second pass.
-const FIELD_TYPES: [(&str, Expected); 18] = [
+const FIELD_TYPES: [(&str, Expected); 25] = [
     ("schema_version", Expected::UnsignedInt),
     ("event_id", Expected::String),
     ("event_type", Expected::String),
@@ -369,6 +395,13 @@ const FIELD_TYPES: [(&str, Expected); 18] = [
     ("referrer", Expected::String),
     ("utm_source", Expected::String),
     ("page", Expected::String),
+    ("browser", Expected::String),
+    ("os", Expected::String),
+    ("bot", Expected::Bool),
+    ("ip", Expected::String),
+    ("client_timestamp", Expected::String),
+    ("sent_at", Expected::String),
+    ("received_at", Expected::String),
 ];
 
 #[derive(Clone, Copy)]
@@ -376,6 +409,7 @@ enum Expected {
     String,
     Number,
     UnsignedInt,
+    Bool,
 }
 
 impl Expected {
@@ -384,6 +418,7 @@ impl Expected {
             Expected::String => v.is_string(),
             Expected::Number => v.is_number(),
             Expected::UnsignedInt => v.is_u64(),
+            Expected::Bool => v.is_boolean(),
         }
     }
     fn describe(self) -> &'static str {
@@ -391,6 +426,7 @@ impl Expected {
             Expected::String => "a string",
             Expected::Number => "a number",
             Expected::UnsignedInt => "a non-negative integer",
+            Expected::Bool => "true or false",
         }
     }
 }
@@ -604,6 +640,15 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
         }
     }
     let order_id = order_id.map(|s| uuid(&s, "order_id")).transpose()?;
+    let client_timestamp = optional(w.client_timestamp)
+        .map(|s| client_time(&s, "client_timestamp", policy))
+        .transpose()?;
+    let sent_at = optional(w.sent_at)
+        .map(|s| client_time(&s, "sent_at", policy))
+        .transpose()?;
+    let received_at = optional(w.received_at)
+        .map(|s| client_time(&s, "received_at", policy))
+        .transpose()?;
 
     Ok(Event {
         schema_version: SCHEMA_VERSION,
@@ -624,7 +669,33 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
         referrer: text(optional(w.referrer), "referrer", MAX_LONG_FIELD)?,
         utm_source: text(optional(w.utm_source), "utm_source", MAX_SHORT_FIELD)?,
         page: text(optional(w.page), "page", MAX_SHORT_FIELD)?,
+        browser: text(optional(w.browser), "browser", MAX_SHORT_FIELD)?,
+        os: text(optional(w.os), "os", MAX_SHORT_FIELD)?,
+        bot: optional(w.bot),
+        ip: text(optional(w.ip), "ip", MAX_SHORT_FIELD)?,
+        client_timestamp,
+        sent_at,
+        received_at,
     })
+}
+
+/// A device or collector clock reading: RFC 3339, and within the event-age bound of now
+/// in either direction. The bound keeps a key time (`client_timestamp`) inside the dedup
+/// ledger's horizon; a device clock further off than that cannot be corrected reliably.
+fn client_time(
+    s: &str,
+    field: &'static str,
+    policy: &ValidationPolicy,
+) -> Result<EventTime, RejectReason> {
+    let bad = || RejectReason::InvalidClockTime {
+        field,
+        value: printable(s, 40),
+    };
+    let t = EventTime::parse_rfc3339(s).ok_or_else(bad)?;
+    if (t.as_micros() - policy.now.as_micros()).abs() > policy.max_age_micros {
+        return Err(bad());
+    }
+    Ok(t)
 }
 
 /// At most `max_chars` characters of untrusted text, with control characters written as

@@ -115,7 +115,7 @@ impl Session {
             revenue_cents: 0,
             device: ev.device.clone(),
             country: ev.country.clone(),
-            is_bot: is_bot_agent(ev.user_agent.as_deref()),
+            is_bot: ev.is_bot(),
             is_open: true,
         };
         s.absorb(ev);
@@ -300,7 +300,7 @@ impl PartitionState {
         let future = ts > now.as_micros();
         let wm = self.watermark.map(EventTime::as_micros);
         let late = wm.is_some_and(|w| ts < w);
-        let bot = is_bot_agent(ev.user_agent.as_deref());
+        let bot = ev.is_bot();
         let units = i64::from(ev.quantity.unwrap_or(0));
         let revenue = if ev.event_type == EventType::Purchase {
             ev.amount.map_or(0, |a| a.cents())

@@ -174,7 +174,7 @@ pub async fn known_keys(
     if events.is_empty() {
         return Ok(HashSet::new());
     }
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| ts(e.event.timestamp)).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| ts(e.event.key().timestamp)).collect();
     let ids: Vec<Uuid> = events.iter().map(|e| e.event.event_id).collect();
     // LATERAL + LIMIT keeps this a loop of index probes: the planner, seeing the array's
     // size, might otherwise pick a hash join over the whole ledger.
@@ -220,7 +220,7 @@ pub async fn record_keys(
     // keys then wait on each other instead of deadlocking.
     let mut keys: Vec<(DateTime<Utc>, Uuid)> = events
         .iter()
-        .map(|e| (ts(e.event.timestamp), e.event.event_id))
+        .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
         .collect();
     keys.sort_unstable();
     for (t, id) in &keys {

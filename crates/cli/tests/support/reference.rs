@@ -174,7 +174,9 @@ pub fn compute_with(
                     continue;
                 }
             };
-            if !seen.insert((e.event_id, e.timestamp)) {
+            // Identity is the device's own time: a collector-corrected `timestamp` differs
+            // between a send and its retry.
+            if !seen.insert((e.event_id, e.client_timestamp.unwrap_or(e.timestamp))) {
                 continue;
             }
             x.distinct_events += 1;
@@ -195,7 +197,7 @@ pub fn compute_with(
             m.units += qty;
             m.revenue += revenue;
             m.late += late as i64;
-            m.bot += is_bot(e.user_agent.as_deref()) as i64;
+            m.bot += e.bot.unwrap_or_else(|| is_bot(e.user_agent.as_deref())) as i64;
             if let Some(pid) = e.product_id.as_deref() {
                 let view = e.event_type == EventType::PageView;
                 let buy = e.event_type == EventType::Purchase;

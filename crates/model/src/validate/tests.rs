@@ -97,6 +97,12 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("bad_field_length", with("category", json!(""))),
         ("control_character", with("product_id", json!("P\u{0}42"))),
+        ("invalid_clock_time", with("sent_at", json!("yesterday"))),
+        (
+            "invalid_clock_time",
+            with("client_timestamp", json!("1970-01-01T00:00:00Z")),
+        ),
+        ("wrong_type", with("bot", json!("yes"))),
         (
             "control_character",
             with("user_agent", json!("Mozilla\u{7}/5.0")),
@@ -291,4 +297,26 @@ fn json_schema_document_matches_the_validator() {
         assert!(parse_event(&serde_json::to_vec(&e).unwrap(), &policy()).is_err());
     }
     assert_eq!(required.len(), 5);
+}
+
+#[test]
+fn collector_fields_round_trip_and_the_key_uses_the_device_time() {
+    let mut v = good_purchase();
+    let m = v.as_object_mut().unwrap();
+    let ts = m["timestamp"].as_str().unwrap().to_string();
+    m.insert("client_timestamp".into(), json!(ts));
+    m.insert("timestamp".into(), json!("2025-08-19T14:00:00Z"));
+    m.insert("sent_at".into(), json!(ts));
+    m.insert("received_at".into(), json!("2025-08-19T14:00:00Z"));
+    m.insert("browser".into(), json!("Firefox 128"));
+    m.insert("os".into(), json!("Linux"));
+    m.insert("bot".into(), json!(false));
+    m.insert("ip".into(), json!("203.0.113.0"));
+    let e = parse_event(&serde_json::to_vec(&v).unwrap(), &policy()).unwrap();
+    assert_eq!(e.key().timestamp, EventTime::parse_rfc3339(&ts).unwrap());
+    assert_ne!(e.key().timestamp, e.timestamp);
+    assert_eq!(e.browser.as_deref(), Some("Firefox 128"));
+    assert_eq!(e.bot, Some(false));
+    let again = parse_event(&e.to_json(), &policy()).unwrap();
+    assert_eq!(again, e);
 }
