@@ -2,6 +2,7 @@
 //! logging and hands each subcommand to the crate that implements the stage.
 
 mod batch;
+mod collect;
 mod generate;
 mod lake;
 mod metrics_http;
@@ -55,6 +56,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write every raw record to bronze and every distinct valid event to silver (Parquet).
     Lake(Box<lake::LakeArgs>),
+    /// Receive events over HTTP from browsers and servers, enrich them, produce to Kafka.
+    Collect(Box<collect::CollectArgs>),
     /// Compute a day's gold tables from silver (or run daily on a schedule).
     Batch(batch::BatchArgs),
     /// Compare the streaming aggregates of a day with the batch recomputation from silver.
@@ -140,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Lake(args) => lake::run(*args).await,
+        Command::Collect(args) => collect::run(*args).await,
         Command::Batch(args) => batch::run(args).await,
         Command::Verify(args) => batch::verify(args).await,
         Command::Report(args) => batch::report(args).await,

@@ -1,0 +1,188 @@
+//! The collector's Kafka side: one idempotent, `acks=all` producer for accepted events
+//! (keyed by user id) and rejected ones (to the dead-letter topic, with the reason).
+//!
+//! A request is answered only after every one of its records is acknowledged, so a 2xx
+//! means the events are in Kafka. Anything else (the local queue full, a broker down past
+//! the delivery timeout) turns into [`ProduceError`], which the HTTP layer answers with 503:
+//! the client keeps its events and sends them again.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::CollectorError;
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// Topic of accepted events (`clickstream.raw`).
+    pub topic: String,
+    /// Dead-letter topic for rejected events.
+    pub dlq_topic: String,
+    /// How long a record may wait for the broker's acknowledgement before the request
+    /// fails with 503.
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties, applied last.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Why a request's records were not all acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The local queue is full (Kafka slower than the traffic, or down).
+    #[error("the Kafka producer queue is full")]
+    QueueFull,
+    /// A record was not acknowledged in time, or the broker refused it.
+    #[error("Kafka did not acknowledge the events: {0}")]
+    Delivery(KafkaError),
+}
+
+/// A record about to be sent.
+pub struct Outgoing<'a> {
+    /// Record key (`user_id` for events).
+    pub key: &'a [u8],
+    /// Record value.
+    pub value: &'a [u8],
+    /// Headers (dead letters carry the reason).
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// The shared producer.
+pub struct Events {
+    producer: FutureProducer,
+    topic: String,
+    dlq_topic: String,
+}
+
+/// Largest dead-letter value; longer rejected payloads are cut (the reason is in the
+/// headers, and `original.size` says how long it was).
+const MAX_LETTER: usize = 512 * 1024;
+
+impl Events {
+    /// Creates the producer (it connects lazily; [`Events::check`] probes the broker).
+    pub fn new(s: &KafkaSettings) -> Result<Self, CollectorError> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &s.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            // Small: requests wait for their acknowledgement, so latency is what batching costs.
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", "200000")
+            .set("queue.buffering.max.kbytes", "262144")
+            .set(
+                "message.timeout.ms",
+                s.delivery_timeout.as_millis().max(1).to_string(),
+            );
+        for (k, v) in &s.extra {
+            cfg.set(k, v);
+        }
+        let producer: FutureProducer = cfg.create().map_err(CollectorError::Kafka)?;
+        Ok(Events {
+            producer,
+            topic: s.topic.clone(),
+            dlq_topic: s.dlq_topic.clone(),
+        })
+    }
+
+    /// Fails unless the broker answers and the events topic exists (run at start, so a
+    /// typo in the topic name stops the collector instead of 503-ing every request).
+    pub async fn check(&self, timeout: Duration) -> Result<(), CollectorError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let md = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout)
+        })
+        .await
+        .map_err(|e| CollectorError::Config(format!("metadata task: {e}")))?
+        .map_err(CollectorError::Kafka)?;
+        let t = md.topics().first();
+        match t {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(CollectorError::Config(format!(
+                "topic `{}` does not exist; create it (kafka-topics.sh --create --topic {} \
+                 --partitions 6) or run `clickstream generate` once",
+                self.topic, self.topic
+            ))),
+        }
+    }
+
+    /// Sends accepted events and dead letters together and waits for every
+    /// acknowledgement. `letters` carry their reason headers already.
+    pub async fn send_all(
+        &self,
+        events: &[Outgoing<'_>],
+        letters: &[Outgoing<'_>],
+    ) -> Result<(), ProduceError> {
+        let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(events.len() + letters.len());
+        for (topic, recs) in [(&self.topic, events), (&self.dlq_topic, letters)] {
+            for r in recs {
+                let value = &r.value[..r.value.len().min(MAX_LETTER)];
+                let mut rec = FutureRecord::to(topic).key(r.key).payload(value);
+                if let Some(h) = &r.headers {
+                    rec = rec.headers(h.clone());
+                }
+                match self.producer.send_result(rec) {
+                    Ok(f) => pending.push(f),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // Records already queued still go out; their events are answered
+                        // 503 and re-sent by the client, and the processor drops the copies.
+                        return Err(ProduceError::QueueFull);
+                    }
+                    Err((e, _)) => return Err(ProduceError::Delivery(e)),
+                }
+            }
+        }
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(ProduceError::Delivery(e)),
+                Err(_) => return Err(ProduceError::Delivery(KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records waiting in the producer for an acknowledgement.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for queued records (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "not every record was acknowledged at shutdown");
+        }
+    }
+}
+
+/// Headers of a dead letter from the collector.
+pub fn letter_headers(reason: &str, detail: &str, site: &str, original_size: usize) -> OwnedHeaders {
+    let size = original_size.to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "detail",
+            value: Some(detail),
+        })
+        .insert(Header {
+            key: "source",
+            value: Some("collector"),
+        })
+        .insert(Header {
+            key: "source.site",
+            value: Some(site),
+        })
+        .insert(Header {
+            key: "original.size",
+            value: Some(size.as_str()),
+        })
+}
