@@ -62,7 +62,7 @@ pub struct CollectArgs {
     #[arg(long, env = "CLICKSTREAM_GEOIP_DB")]
     geoip_db: Option<PathBuf>,
     /// Serve the demo shop at /shop/ with its catalog from this (reader-role) database.
-    #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true, requires = "demo_shop")]
+    #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Serve the demo shop (needs --database-url).
     #[arg(long)]

@@ -228,6 +228,7 @@ async fn per_ip(
     let ip = client_ip(&app.config, peer.ip(), req.headers());
     if let Err(not_until) = app.ip_limiter.check_key(&ip) {
         app.metrics.rate_limited.inc();
+        app.metrics.refuse("rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
@@ -411,7 +412,7 @@ async fn collect(
     match collect_inner(&app, peer, ip, q, &headers, body).await {
         Ok(r) => r,
         Err(refusal) => {
-            app.metrics.reject(refusal.code, 1);
+            app.metrics.refuse(refusal.code);
             refusal.into_response()
         }
     }
@@ -564,7 +565,10 @@ async fn pixel(
     let (status, cookies) = match result {
         Ok((o, uid, sid)) if o.rejected.is_empty() => (StatusCode::OK, Some((uid, sid))),
         Ok(_) => (StatusCode::BAD_REQUEST, None),
-        Err(r) => (r.status, None),
+        Err(r) => {
+            app.metrics.refuse(r.code);
+            (r.status, None)
+        }
     };
     let mut r = (status, [(header::CONTENT_TYPE, "image/gif")], GIF).into_response();
     let h = r.headers_mut();

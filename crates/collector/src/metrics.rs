@@ -27,8 +27,10 @@ pub struct Metrics {
     pub requests: Family<StatusLabel, Counter>,
     /// Events acknowledged by Kafka.
     pub events_accepted: Counter,
-    /// Events refused, by reason (per-event reasons and whole-request ones).
+    /// Events refused, by their DLQ reason.
     pub rejected: Family<ReasonLabel, Counter>,
+    /// Whole requests refused before their events were looked at, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
     /// Requests answered 503 because Kafka did not acknowledge.
     pub unavailable: Counter,
     /// Requests answered 429.
@@ -48,6 +50,7 @@ impl Metrics {
             requests: Family::default(),
             events_accepted: Counter::default(),
             rejected: Family::default(),
+            refused: Family::default(),
             unavailable: Counter::default(),
             rate_limited: Counter::default(),
             kafka_in_flight: Gauge::default(),
@@ -65,6 +68,11 @@ impl Metrics {
             "events_rejected",
             "Events refused, by reason",
             m.rejected.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "Requests refused whole (key, origin, size, rate, Kafka), by reason",
+            m.refused.clone(),
         );
         r.register(
             "unavailable",
@@ -92,6 +100,15 @@ impl Metrics {
             m.clock_corrected.clone(),
         );
         m
+    }
+
+    /// Counts a request refused whole for `reason`.
+    pub fn refuse(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts `n` events refused for `reason`.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod collector;
 pub mod corpus;
 pub mod reference;
 pub mod tables;

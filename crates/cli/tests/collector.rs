@@ -1,0 +1,375 @@
+//! `clickstream collect` against the real Kafka: refusals of bad requests (nothing
+//! produced, nothing crashes), enrichment and dead letters of what it takes, and the demo
+//! shop driven in headless Chromium through the processor into PostgreSQL and the
+//! dashboard. Kafka outages are in `collector_outage.rs` (they stop the shared broker).
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use clickstream_model::{parse_event, EventTime, ValidationPolicy};
+use serde_json::{json, Value};
+use support::collector::{request, Collector, KEY};
+use support::*;
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A valid page view `secs_ago` seconds ago by the device's clock.
+fn page_view(secs_ago: i64) -> Value {
+    let t = EventTime::from_micros(EventTime::now().as_micros() - secs_ago * 1_000_000);
+    json!({"event_id": uuid(), "event_type": "page_view", "timestamp": t.to_string(),
+           "user_id": uuid(), "session_id": uuid(), "page": "home"})
+}
+
+fn body(events: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(events).unwrap()
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(b).unwrap();
+    z.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_with_a_clear_4xx_and_produce_nothing() {
+    let s = services();
+    let topic = unique("collect_bad");
+    let dlq = unique("collect_bad_dlq");
+    create_topic(&s.bootstrap, &topic, 2).await;
+    create_topic(&s.bootstrap, &dlq, 1).await;
+    let mut c = Collector::start(
+        &s,
+        &topic,
+        &dlq,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--max-events",
+            "10",
+            "--read-timeout",
+            "2s",
+            "--allowed-origin",
+            "https://shop.example",
+        ],
+    );
+    let ok = body(&[page_view(1)]);
+    let key = format!("/v1/events?k={KEY}");
+    let big = vec![b' '; 70_000];
+    let bomb = gzip(&vec![b'['; 2 << 20]);
+    let many = body(&(0..11).map(|_| page_view(1)).collect::<Vec<_>>());
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        ("no key", "/v1/events".into(), vec![], ok.clone(), 401, "missing_write_key"),
+        ("wrong key", "/v1/events?k=wrong-key-123".into(), vec![], ok.clone(), 401, "unknown_write_key"),
+        (
+            "wrong bearer",
+            "/v1/events".into(),
+            vec![("Authorization", "Bearer nope-nope-nope")],
+            ok.clone(),
+            401,
+            "unknown_write_key",
+        ),
+        (
+            "disallowed origin",
+            key.clone(),
+            vec![("Origin", "https://evil.example")],
+            ok.clone(),
+            403,
+            "origin_not_allowed",
+        ),
+        ("declared too large", key.clone(), vec![], big.clone(), 413, "body_too_large"),
+        (
+            "chunked too large",
+            key.clone(),
+            vec![("Transfer-Encoding", "chunked"), ("Content-Length", "")],
+            [format!("{:x}\r\n", big.len()).into_bytes(), big.clone(), b"\r\n0\r\n\r\n".to_vec()].concat(),
+            413,
+            "body_too_large",
+        ),
+        ("gzip bomb", key.clone(), vec![("Content-Encoding", "gzip")], bomb, 413, "body_too_large"),
+        ("not gzip", key.clone(), vec![("Content-Encoding", "gzip")], ok.clone(), 400, "bad_gzip"),
+        ("brotli", key.clone(), vec![("Content-Encoding", "br")], ok.clone(), 415, "unsupported_encoding"),
+        ("bad json", key.clone(), vec![], b"[{\"event_id\": ".to_vec(), 400, "not_json"),
+        ("not json", key.clone(), vec![], b"hello".to_vec(), 400, "not_json"),
+        ("empty array", key.clone(), vec![], b"[]".to_vec(), 400, "no_events"),
+        ("empty body", key.clone(), vec![], vec![], 400, "no_events"),
+        ("too many events", key.clone(), vec![], many, 413, "too_many_events"),
+    ];
+    for (name, path, headers, payload, status, code) in cases {
+        // `Content-Length: ""` marks "send no length" for the chunked case.
+        let headers: Vec<(&str, &str)> = headers;
+        let r = if headers.iter().any(|(k, _)| *k == "Transfer-Encoding") {
+            raw_request(&c.addr, &path, "Transfer-Encoding: chunked\r\n", &payload)
+        } else {
+            request(&c.addr, "POST", &path, &headers, &payload)
+        };
+        assert_eq!(r.status, status, "{name}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"], code, "{name}");
+        assert!(!r.json()["message"].as_str().unwrap().is_empty(), "{name}");
+    }
+
+    // A body that trickles in is cut off at the read timeout (408, connection closed).
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        slow,
+        "POST {key} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n["
+    )
+    .unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = slow.write_all(b" ");
+    }
+    let r = support::collector::read_response(&mut slow);
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["error"], "body_timeout");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Headers that never finish: the connection is closed at the header deadline.
+    let started = Instant::now();
+    let mut loris = TcpStream::connect(&c.addr).unwrap();
+    loris
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(loris, "POST {key} HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut loris, &mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "header deadline: closed after {waited:?}"
+    );
+
+    // Per-address rate limit (50 requests/s, bursts of 100): a burst of 150 meets 429s
+    // with Retry-After, and the collector still answers afterwards.
+    let mut limited = 0;
+    for _ in 0..150 {
+        let r = request(&c.addr, "GET", "/v1/p.gif", &[], b"");
+        if r.status == 429 {
+            assert!(r.header("retry-after").is_some());
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no request was rate limited");
+    assert!(c.is_running());
+    std::thread::sleep(Duration::from_secs(2));
+    let health = request(&c.addr, "GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 200);
+
+    // Nothing reached either topic (the pixel requests had no key: 401 or 429).
+    let raw = read_topic(&s.bootstrap, &topic, 2, 1, Duration::from_secs(3));
+    assert!(raw.is_empty(), "refused requests produced {} records", raw.len());
+    let dead = read_topic(&s.bootstrap, &dlq, 1, 1, Duration::from_secs(1));
+    assert!(dead.is_empty(), "refused requests dead-lettered {}", dead.len());
+
+    let metrics = request(&c.addr, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body);
+    for needle in [
+        "clickstream_collector_requests_total{status=\"413\"}",
+        "clickstream_collector_requests_refused_total{reason=\"origin_not_allowed\"} 1",
+        "clickstream_collector_rate_limited_total",
+        "clickstream_collector_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
+    }
+}
+
+/// A request with hand-written framing (`extra_headers` ends in `\r\n`).
+fn raw_request(addr: &str, path: &str, extra_headers: &str, body: &[u8]) -> support::collector::Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\r\n"
+    )
+    .unwrap();
+    let _ = s.write_all(body);
+    support::collector::read_response(&mut s)
+}
+
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_events_are_enriched_and_refused_ones_dead_lettered_with_their_reason() {
+    let s = services();
+    let topic = unique("collect_enrich");
+    let dlq = unique("collect_enrich_dlq");
+    create_topic(&s.bootstrap, &topic, 3).await;
+    create_topic(&s.bootstrap, &dlq, 1).await;
+    // The test connects from 127.0.0.1, so it plays the trusted proxy.
+    let c = Collector::start(
+        &s,
+        &topic,
+        &dlq,
+        &[
+            "--trusted-proxy",
+            "127.0.0.0/8",
+            "--country-header",
+            "CF-IPCountry",
+        ],
+    );
+
+    // 1. A JSON array from a browser behind the proxy: a right clock, a clock 2 hours
+    //    behind, the bot's own user agent, and four bad events.
+    let right = page_view(5);
+    let mut behind = page_view(0);
+    let device_now = EventTime::from_micros(EventTime::now().as_micros() - 7_200_000_000);
+    let device_created = EventTime::from_micros(device_now.as_micros() - 30_000_000);
+    behind["timestamp"] = json!(device_created.to_string());
+    behind["sent_at"] = json!(device_now.to_string());
+    // A sender may not set the collector's fields.
+    behind["bot"] = json!(true);
+    behind["ip"] = json!("1.2.3.4");
+    let mut crawler = page_view(3);
+    crawler["user_agent"] = json!("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)");
+    let mut no_user = page_view(1);
+    no_user.as_object_mut().unwrap().remove("user_id");
+    let mut nul = page_view(1);
+    nul["page"] = json!("home\u{0}");
+    let mut far_future = page_view(0);
+    far_future["timestamp"] = json!("2099-01-01T00:00:00Z");
+    let mut bad_clock = page_view(0);
+    bad_clock["sent_at"] = json!("1999-01-01T00:00:00Z");
+    let events = [right.clone(), no_user, behind.clone(), nul.clone(), crawler.clone(), far_future, bad_clock];
+    let r = c.request(
+        "POST",
+        &format!("/v1/events?k={KEY}"),
+        &[
+            ("User-Agent", FIREFOX),
+            ("X-Forwarded-For", "198.51.100.77, 127.0.0.1"),
+            ("CF-IPCountry", "de"),
+            ("Content-Type", "text/plain;charset=UTF-8"),
+        ],
+        &body(&events),
+    );
+    assert_eq!(r.status, 207, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["accepted"], 3);
+    let rejected: Vec<(u64, String)> = j["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["index"].as_u64().unwrap(), x["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (1, "missing_field".to_string()),
+            (3, "control_character".to_string()),
+            (5, "timestamp_in_future".to_string()),
+            (6, "invalid_clock_time".to_string()),
+        ]
+    );
+
+    // 2. gzip NDJSON from a server-side sender (Bearer key, no Origin), and the pixel.
+    let ndjson: Vec<u8> = [page_view(2), page_view(2)]
+        .iter()
+        .flat_map(|e| [serde_json::to_vec(e).unwrap(), b"\n".to_vec()].concat())
+        .collect();
+    let auth = format!("Bearer {KEY}");
+    let r = c.request(
+        "POST",
+        "/v1/events",
+        &[("Authorization", auth.as_str()), ("Content-Encoding", "gzip"), ("User-Agent", "curl/8.5.0")],
+        &gzip(&ndjson),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["accepted"], 2);
+    let pix = c.request(
+        "GET",
+        &format!("/v1/p.gif?k={KEY}&event_type=page_view&page=landing&utm_source=newsletter"),
+        &[("User-Agent", FIREFOX)],
+        b"",
+    );
+    assert_eq!(pix.status, 200);
+    assert_eq!(pix.header("content-type"), Some("image/gif"));
+    assert!(pix.body.starts_with(b"GIF89a"));
+    assert!(pix.header("set-cookie").unwrap().starts_with("_cs_"));
+    let bad_pix = c.request("GET", &format!("/v1/p.gif?k={KEY}&event_type=refund"), &[], b"");
+    assert_eq!(bad_pix.status, 400);
+
+    // What Kafka holds: 6 events keyed by user, each valid for the processor.
+    let recs = read_topic(&s.bootstrap, &topic, 3, 6, Duration::from_secs(30));
+    assert_eq!(recs.len(), 6);
+    let policy = ValidationPolicy::new(EventTime::now());
+    let by_id: std::collections::HashMap<String, clickstream_model::Event> = recs
+        .iter()
+        .map(|r| {
+            let e = parse_event(&r.value, &policy).expect("the processor accepts it");
+            assert_eq!(r.key.as_deref(), Some(e.user_id.to_string().as_bytes()));
+            (e.event_id.to_string(), e)
+        })
+        .collect();
+    let get = |v: &Value| &by_id[v["event_id"].as_str().unwrap()];
+
+    let e = get(&right);
+    assert_eq!(e.browser.as_deref(), Some("Firefox 128"));
+    assert_eq!(e.os.as_deref(), Some("Linux"));
+    assert_eq!(e.device.as_deref(), Some("desktop"));
+    assert_eq!(e.bot, Some(false));
+    assert_eq!(e.user_agent.as_deref(), Some(FIREFOX));
+    assert_eq!(e.ip.as_deref(), Some("198.51.100.0"));
+    assert_eq!(e.country.as_deref(), Some("DE"));
+    assert!(e.received_at.is_some());
+    assert_eq!(e.client_timestamp, None, "a right clock is not corrected");
+
+    // The clock 2 hours behind: corrected to about 30 s before arrival; identity kept.
+    let e = get(&behind);
+    assert_eq!(e.client_timestamp, Some(device_created));
+    let received = e.received_at.unwrap().as_micros();
+    let lag = received - e.timestamp.as_micros();
+    assert!((29_000_000..=32_000_000).contains(&lag), "corrected lag {lag} µs");
+    assert_eq!(e.key().timestamp, device_created);
+    assert_eq!(e.bot, Some(false), "the sender's `bot` is overwritten");
+    assert_eq!(e.ip.as_deref(), Some("198.51.100.0"), "the sender's `ip` is overwritten");
+
+    let e = get(&crawler);
+    assert_eq!(e.bot, Some(true));
+    assert_eq!(e.device.as_deref(), Some("bot"));
+    assert_eq!(e.browser.as_deref(), Some("Googlebot 2"));
+
+    let curl: Vec<_> = by_id.values().filter(|e| e.browser.as_deref() == Some("curl 8")).collect();
+    assert_eq!(curl.len(), 2);
+    assert!(curl.iter().all(|e| e.bot == Some(true)));
+    let pixel: Vec<_> = by_id.values().filter(|e| e.page.as_deref() == Some("landing")).collect();
+    assert_eq!(pixel.len(), 1);
+    assert_eq!(pixel[0].utm_source.as_deref(), Some("newsletter"));
+
+    // The dead letters: the refused events' own bytes, with reason and source headers.
+    let dead = read_topic(&s.bootstrap, &dlq, 1, 5, Duration::from_secs(20));
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| {
+            let h = |k: &str| d.headers.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+            assert_eq!(h("source").as_deref(), Some("collector"));
+            assert_eq!(h("source.site").as_deref(), Some("test"));
+            assert!(!h("detail").unwrap().is_empty());
+            h("reason").unwrap()
+        })
+        .collect();
+    let mut sorted = reasons.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["control_character", "invalid_clock_time", "missing_field", "timestamp_in_future", "unknown_event_type"]
+    );
+    let nul_letter = dead
+        .iter()
+        .find(|d| d.headers.iter().any(|(k, v)| k == "reason" && v == "control_character"))
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&nul_letter.value).unwrap();
+    assert_eq!(sent, nul);
+
+    let metrics = String::from_utf8_lossy(&c.request("GET", "/metrics", &[], b"").body).into_owned();
+    for needle in [
+        "clickstream_collector_events_accepted_total 6",
+        "clickstream_collector_events_rejected_total{reason=\"missing_field\"} 1",
+        "clickstream_collector_clock_corrected_total 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+    }
+}
