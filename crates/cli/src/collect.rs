@@ -15,7 +15,11 @@ use clickstream_collector::{CollectorConfig, KafkaSettings, RateLimits};
 pub struct CollectArgs {
     /// Address to listen on (loopback by default; put a TLS-terminating proxy in front
     /// and list it in --trusted-proxy to expose it).
-    #[arg(long, env = "CLICKSTREAM_COLLECTOR_ADDR", default_value = "127.0.0.1:8090")]
+    #[arg(
+        long,
+        env = "CLICKSTREAM_COLLECTOR_ADDR",
+        default_value = "127.0.0.1:8090"
+    )]
     listen: SocketAddr,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
@@ -28,14 +32,27 @@ pub struct CollectArgs {
     dlq_topic: String,
     /// Write keys as `site=KEY`, comma-separated or repeated. Without any, no key is
     /// required (only sensible on loopback).
-    #[arg(long = "write-key", env = "CLICKSTREAM_WRITE_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "write-key",
+        env = "CLICKSTREAM_WRITE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     write_keys: Vec<String>,
     /// Browser origins allowed to send (`https://shop.example`), comma-separated or
     /// repeated; `*` allows any. The collector's own origin is always allowed.
-    #[arg(long = "allowed-origin", env = "CLICKSTREAM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "CLICKSTREAM_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     allowed_origins: Vec<String>,
     /// Largest request body in bytes (compressed, and again once decompressed).
-    #[arg(long, env = "CLICKSTREAM_COLLECTOR_MAX_BODY", default_value_t = 1_048_576)]
+    #[arg(
+        long,
+        env = "CLICKSTREAM_COLLECTOR_MAX_BODY",
+        default_value_t = 1_048_576
+    )]
     max_body_bytes: usize,
     /// Most events in one request.
     #[arg(long, env = "CLICKSTREAM_COLLECTOR_MAX_EVENTS", default_value_t = 500)]
@@ -47,13 +64,21 @@ pub struct CollectArgs {
     #[arg(long, env = "CLICKSTREAM_COLLECTOR_RATE_PER_IP", default_value_t = 50)]
     rate_per_ip: u32,
     /// Events per second one write key may send (bursts of twice that).
-    #[arg(long, env = "CLICKSTREAM_COLLECTOR_RATE_PER_KEY", default_value_t = 20_000)]
+    #[arg(
+        long,
+        env = "CLICKSTREAM_COLLECTOR_RATE_PER_KEY",
+        default_value_t = 20_000
+    )]
     rate_per_key: u32,
     /// How long Kafka may take to acknowledge before the request is answered 503.
     #[arg(long, env = "CLICKSTREAM_COLLECTOR_KAFKA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     kafka_timeout: Duration,
     /// Proxies (CIDR) whose X-Forwarded-For and country header are believed.
-    #[arg(long = "trusted-proxy", env = "CLICKSTREAM_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "CLICKSTREAM_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Header with the client's country set by a trusted proxy (e.g. `CF-IPCountry`).
     #[arg(long, env = "CLICKSTREAM_COUNTRY_HEADER")]
@@ -81,8 +106,14 @@ fn write_keys(list: &[String]) -> anyhow::Result<HashMap<String, String>> {
             .split_once('=')
             .with_context(|| "a write key is `site=KEY`".to_string())?;
         let (site, key) = (site.trim(), key.trim());
-        if key.len() < 8 || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)) {
-            anyhow::bail!("the write key of site `{site}` must be 8+ characters of letters, digits, `-._~`");
+        if key.len() < 8
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+        {
+            anyhow::bail!(
+                "the write key of site `{site}` must be 8+ characters of letters, digits, `-._~`"
+            );
         }
         keys.insert(key.to_string(), site.to_string());
     }
@@ -92,7 +123,9 @@ fn write_keys(list: &[String]) -> anyhow::Result<HashMap<String, String>> {
 pub async fn run(args: CollectArgs) -> anyhow::Result<()> {
     let keys = write_keys(&args.write_keys)?;
     if keys.is_empty() {
-        tracing::warn!("no write keys configured: accepting events from anyone who can reach the collector");
+        tracing::warn!(
+            "no write keys configured: accepting events from anyone who can reach the collector"
+        );
     }
     if args.demo_shop && args.database_url.is_none() {
         anyhow::bail!("--demo-shop needs --database-url (or READER_DATABASE_URL) for its catalog");

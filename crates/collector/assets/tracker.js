@@ -20,7 +20,7 @@
   var cfg = script ? script.dataset : {};
   var endpoint = (cfg.endpoint || (script ? new URL(script.src, location.href).origin : "")).replace(/\/$/, "");
   var QUEUE = "cs_queue", UID = "cs_uid", SID = "cs_sid";
-  var SESSION_MS = 30 * 60 * 1000, BATCH = 50, MAX_QUEUE = 1000;
+  var SESSION_MS = 30 * 60 * 1000, BATCH = 50, MAX_QUEUE = 1000, LEASE_MS = 10000;
   var sending = false, backoff = 0, timer = null;
 
   function store(k, v) {
@@ -102,19 +102,32 @@
 
   // Sends up to BATCH queued events; they leave the queue only once the collector answered
   // for them (2xx, or 4xx for events it will never take). Network errors, 429 and 5xx keep
-  // them and retry with backoff.
+  // them and retry with backoff. Events being sent are leased for LEASE_MS so a second
+  // flush (pagehide and visibilitychange both fire, or the next page loads while a
+  // keepalive request is still out) does not send them again at once; a page that unloads
+  // never hears the answer, so its leased events go out once more when the lease ends, and
+  // the pipeline drops the copy.
   function flush(unloading) {
+    var now = Date.now();
     var q = load();
-    if (!q.length || (sending && !unloading)) return Promise.resolve();
-    var batch = q.slice(0, BATCH);
-    var sentAt = new Date().toISOString();
-    var body = JSON.stringify(batch.map(function (e) {
-      var c = {}; for (var k in e) c[k] = e[k]; c.sent_at = sentAt; return c;
-    }));
+    var batch = q.filter(function (e) { return !(e._lease > now); }).slice(0, BATCH);
+    if (!batch.length || (sending && !unloading)) {
+      var leased = q.filter(function (e) { return e._lease > now; });
+      if (leased.length && !timer) schedule(Math.min.apply(null, leased.map(function (e) { return e._lease; })) - now + 50);
+      return Promise.resolve();
+    }
     var ids = {};
     batch.forEach(function (e) { ids[e.event_id] = 1; });
+    save(q.map(function (e) { if (ids[e.event_id]) e._lease = now + LEASE_MS; return e; }));
+    var sentAt = new Date(now).toISOString();
+    var body = JSON.stringify(batch.map(function (e) {
+      var c = {}; for (var k in e) if (k !== "_lease") c[k] = e[k]; c.sent_at = sentAt; return c;
+    }));
     function done() {
       save(load().filter(function (e) { return !ids[e.event_id]; }));
+    }
+    function release() {
+      save(load().map(function (e) { if (ids[e.event_id]) delete e._lease; return e; }));
     }
     if (unloading && !w.fetch && navigator.sendBeacon) {
       navigator.sendBeacon(url(), new Blob([body], { type: "text/plain" }));
@@ -134,9 +147,10 @@
           if (load().length) schedule(0);
           return;
         }
+        release();
         var after = parseInt(r.headers.get("Retry-After") || "0", 10) * 1000;
         retry(after);
-      }, function () { sending = false; retry(0); });
+      }, function () { sending = false; release(); retry(0); });
   }
 
   function retry(after) {

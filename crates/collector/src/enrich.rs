@@ -185,7 +185,10 @@ impl GeoIp {
     /// Opens a database file.
     pub fn open(path: &Path) -> Result<Self, CollectorError> {
         let reader = maxminddb::Reader::open_readfile(path).map_err(|e| {
-            CollectorError::Config(format!("cannot open GeoIP database {}: {e}", path.display()))
+            CollectorError::Config(format!(
+                "cannot open GeoIP database {}: {e}",
+                path.display()
+            ))
         })?;
         Ok(GeoIp { reader })
     }

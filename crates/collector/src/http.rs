@@ -59,7 +59,10 @@ impl App {
     /// Builds the rate limiters from the configuration.
     pub fn limiters(
         config: &CollectorConfig,
-    ) -> (DefaultKeyedRateLimiter<IpAddr>, DefaultKeyedRateLimiter<String>) {
+    ) -> (
+        DefaultKeyedRateLimiter<IpAddr>,
+        DefaultKeyedRateLimiter<String>,
+    ) {
         let quota = |per_s: u32| {
             let n = NonZeroU32::new(per_s.max(1)).unwrap_or(NonZeroU32::MIN);
             let burst = n.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
@@ -117,7 +120,10 @@ impl IntoResponse for Refusal {
             Json(json!({"error": self.code, "message": self.message})),
         )
             .into_response();
-        if let Some(s) = self.retry_after.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        if let Some(s) = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s).ok())
+        {
             r.headers_mut().insert(header::RETRY_AFTER, s);
         }
         if self.status == StatusCode::REQUEST_TIMEOUT {
@@ -160,7 +166,11 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Whether a browser at `origin` may send: listed, `*`, or the collector's own origin.
-fn origin_allowed(config: &CollectorConfig, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+fn origin_allowed(
+    config: &CollectorConfig,
+    origin: &HeaderValue,
+    host: Option<&HeaderValue>,
+) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
@@ -293,7 +303,11 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
-                Refusal::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body: {e}"))
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("reading the body: {e}"),
+                )
             })?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {
@@ -304,16 +318,23 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
         }
         Ok(Bytes::from(buf))
     };
-    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
-        Err(Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!("the body did not arrive within {} s", timeout.as_secs()),
-        ))
-    })
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {} s", timeout.as_secs()),
+            ))
+        })
 }
 
-fn request_facts(app: &App, ip: Option<IpAddr>, peer_trusted: bool, headers: &HeaderMap) -> RequestFacts {
+fn request_facts(
+    app: &App,
+    ip: Option<IpAddr>,
+    peer_trusted: bool,
+    headers: &HeaderMap,
+) -> RequestFacts {
     let country = app
         .config
         .country_header
@@ -374,7 +395,9 @@ async fn ingest_events(
         })
         .collect();
     let sent = app.events.send_all(&outgoing, &letters).await;
-    app.metrics.kafka_in_flight.set(i64::from(app.events.in_flight()));
+    app.metrics
+        .kafka_in_flight
+        .set(i64::from(app.events.in_flight()));
     if let Err(e) = sent {
         app.metrics.unavailable.inc();
         tracing::warn!(error = %e, events = events.len(), "answering 503: Kafka did not acknowledge");
@@ -382,11 +405,15 @@ async fn ingest_events(
             ProduceError::QueueFull => "queue_full",
             ProduceError::Delivery(_) => "kafka_unavailable",
         };
-        return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
-            .retry_after(RETRY_AFTER_UNAVAILABLE));
+        return Err(
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+                .retry_after(RETRY_AFTER_UNAVAILABLE),
+        );
     }
     app.metrics.events_accepted.inc_by(outgoing.len() as u64);
-    app.metrics.clock_corrected.inc_by(sorted.corrections.len() as u64);
+    app.metrics
+        .clock_corrected
+        .inc_by(sorted.corrections.len() as u64);
     for (r, _) in &sorted.rejected {
         app.metrics.reject(r.reason, 1);
     }
@@ -448,7 +475,9 @@ async fn collect_inner(
             decoded = ingest::gunzip(&body, limit)?;
             &decoded
         }
-        Some(other) => return Err(BodyError::Encoding(clickstream_model::printable(other, 40)).into()),
+        Some(other) => {
+            return Err(BodyError::Encoding(clickstream_model::printable(other, 40)).into())
+        }
     };
     let events = ingest::split(bytes, app.config.max_events)?;
     let n = NonZeroU32::new(events.len() as u32).unwrap_or(NonZeroU32::MIN);
@@ -480,9 +509,9 @@ async fn collect_inner(
 
 /// A transparent 1x1 GIF.
 const GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 const PIXEL_UID: &str = "_cs_uid";
@@ -510,10 +539,14 @@ fn pixel_event(
     for (k, v) in params {
         let value = match k.as_str() {
             "k" => continue,
-            "price" | "amount" => v.parse::<f64>().map(Value::from).unwrap_or_else(|_| v.clone().into()),
-            "quantity" | "schema_version" => {
-                v.parse::<u64>().map(Value::from).unwrap_or_else(|_| v.clone().into())
-            }
+            "price" | "amount" => v
+                .parse::<f64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| v.clone().into()),
+            "quantity" | "schema_version" => v
+                .parse::<u64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| v.clone().into()),
             _ => Value::from(v.clone()),
         };
         m.insert(k.clone(), value);
@@ -548,13 +581,20 @@ async fn pixel(
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    let key = params.iter().find(|(k, _)| k == "k").map(|(_, v)| v.as_str());
+    let key = params
+        .iter()
+        .find(|(k, _)| k == "k")
+        .map(|(_, v)| v.as_str());
     let result = async {
         check_origin(&app, &headers)?;
         let site = site(&app, &headers, key)?;
-        app.key_limiter
-            .check_key(&site)
-            .map_err(|_| Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "over the event rate"))?;
+        app.key_limiter.check_key(&site).map_err(|_| {
+            Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "over the event rate",
+            )
+        })?;
         let facts = request_facts(&app, Some(ip), peer_trusted(&app, peer.ip()), &headers);
         let (event, uid, sid) = pixel_event(&params, &headers, facts.received_at);
         let raw = serde_json::to_vec(&event).unwrap_or_default();
@@ -611,7 +651,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    app.metrics.kafka_in_flight.set(i64::from(app.events.in_flight()));
+    app.metrics
+        .kafka_in_flight
+        .set(i64::from(app.events.in_flight()));
     let mut s = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut s, &app.registry);
     (

@@ -189,7 +189,10 @@ mod tests {
     #[test]
     fn arrays_ndjson_and_single_objects_split_by_event() {
         let a = split(br#" [{"a":1}, {"b":[1,2]}, 3, "x"] "#, 10).unwrap();
-        assert_eq!(a, vec![&br#"{"a":1}"#[..], br#"{"b":[1,2]}"#, b"3", br#""x""#]);
+        assert_eq!(
+            a,
+            vec![&br#"{"a":1}"#[..], br#"{"b":[1,2]}"#, b"3", br#""x""#]
+        );
         let n = split(b"{\"a\":1}\r\n\n  \n{\"b\":2\n{broken\n", 10).unwrap();
         assert_eq!(n, vec![&b"{\"a\":1}"[..], b"{\"b\":2", b"{broken"]);
         assert_eq!(split(br#"{"a":1}"#, 10).unwrap().len(), 1);
@@ -212,7 +215,10 @@ mod tests {
         z.write_all(&vec![b' '; 1 << 20]).unwrap();
         let bomb = z.finish().unwrap();
         assert!(bomb.len() < 4096);
-        assert_eq!(gunzip(&bomb, 64 * 1024).unwrap_err().code(), "body_too_large");
+        assert_eq!(
+            gunzip(&bomb, 64 * 1024).unwrap_err().code(),
+            "body_too_large"
+        );
         assert_eq!(gunzip(&bomb, 2 << 20).unwrap().len(), 1 << 20);
         assert_eq!(gunzip(b"not gzip", 1024).unwrap_err().code(), "bad_gzip");
     }

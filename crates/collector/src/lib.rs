@@ -159,7 +159,13 @@ pub async fn run(
         })
     };
     on_bound(bound);
-    server::serve(listener, http::router(app.clone()), header_timeout, shutdown).await;
+    server::serve(
+        listener,
+        http::router(app.clone()),
+        header_timeout,
+        shutdown,
+    )
+    .await;
     housekeeping.abort();
     app.events.flush(Duration::from_secs(10));
     Ok(())

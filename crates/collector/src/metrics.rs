@@ -58,7 +58,11 @@ impl Metrics {
             clock_corrected: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_collector");
-        r.register("requests", "Requests answered, by status", m.requests.clone());
+        r.register(
+            "requests",
+            "Requests answered, by status",
+            m.requests.clone(),
+        );
         r.register(
             "events_accepted",
             "Events acknowledged by Kafka",

@@ -162,7 +162,12 @@ impl Events {
 }
 
 /// Headers of a dead letter from the collector.
-pub fn letter_headers(reason: &str, detail: &str, site: &str, original_size: usize) -> OwnedHeaders {
+pub fn letter_headers(
+    reason: &str,
+    detail: &str,
+    site: &str,
+    original_size: usize,
+) -> OwnedHeaders {
     let size = original_size.to_string();
     OwnedHeaders::new()
         .insert(Header {

@@ -87,13 +87,22 @@ impl Shop {
 /// The shop's routes under `/shop/`.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/shop", get(|| async { axum::response::Redirect::permanent("/shop/") }))
+        .route(
+            "/shop",
+            get(|| async { axum::response::Redirect::permanent("/shop/") }),
+        )
         .route("/shop/", get(|s| page(s, INDEX)))
         .route("/shop/product.html", get(|s| page(s, PRODUCT)))
         .route("/shop/cart.html", get(|s| page(s, CART)))
         .route("/shop/checkout.html", get(|s| page(s, CHECKOUT)))
-        .route("/shop/shop.js", get(|| asset(SHOP_JS, "text/javascript; charset=utf-8")))
-        .route("/shop/shop.css", get(|| asset(SHOP_CSS, "text/css; charset=utf-8")))
+        .route(
+            "/shop/shop.js",
+            get(|| asset(SHOP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/shop/shop.css",
+            get(|| asset(SHOP_CSS, "text/css; charset=utf-8")),
+        )
         .route("/shop/api/products", get(products))
 }
 

@@ -263,8 +263,7 @@ impl SilverRows {
         self.quantity
             .append_option(e.quantity.map(|q| i32::try_from(q).unwrap_or(i32::MAX)));
         self.amount.append_option(e.amount.map(|m| m.cents()));
-        self.is_bot
-            .append_value(e.is_bot());
+        self.is_bot.append_value(e.is_bot());
         self.partition.append_value(partition);
         self.offset.append_value(offset);
         self.timestamp.append_option(timestamp_ms);

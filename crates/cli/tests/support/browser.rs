@@ -31,6 +31,11 @@ fn binary() -> String {
 impl Browser {
     /// Starts Chromium headless with a fresh profile and opens a blank page.
     pub fn launch() -> Browser {
+        Browser::launch_with(&[])
+    }
+
+    /// [`Browser::launch`] with extra command-line flags.
+    pub fn launch_with(extra: &[&str]) -> Browser {
         let profile = std::env::temp_dir().join(super::unique("chromium-profile"));
         // The shell moves our stdin/stdout pipes to the fds the protocol uses, then execs.
         let mut child = Command::new("sh")
@@ -51,6 +56,7 @@ impl Browser {
                 "--hide-scrollbars",
                 "--remote-debugging-pipe",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             .stdin(Stdio::piped())
@@ -211,6 +217,23 @@ impl Browser {
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
+    }
+
+    /// Waits for the next protocol event named `method` (seen before or arriving within
+    /// `timeout`), removes it from [`Browser::events`] and returns its params.
+    pub fn wait_event(&mut self, method: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["method"] == method) {
+                return self.events.remove(i)["params"].clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.from.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(v) if v.get("method").is_some() => self.events.push(v),
+                Ok(_) => {}
+                Err(_) => panic!("no {method} event within {timeout:?}"),
+            }
+        }
     }
 
     /// Drains pending protocol events and returns the page's errors: uncaught exceptions,

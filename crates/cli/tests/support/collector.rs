@@ -25,7 +25,13 @@ impl Collector {
     pub fn start(s: &Services, topic: &str, dlq: &str, extra: &[&str]) -> Collector {
         let log = std::env::temp_dir().join(format!("{}.log", unique("collect")));
         let child = clickstream()
-            .args(["collect", "--listen", "127.0.0.1:0", "--bootstrap", &s.bootstrap])
+            .args([
+                "collect",
+                "--listen",
+                "127.0.0.1:0",
+                "--bootstrap",
+                &s.bootstrap,
+            ])
             .args(["--topic", topic, "--dlq-topic", dlq])
             .args(["--write-key", &format!("test={KEY}")])
             .env_remove("CLICKSTREAM_WRITE_KEYS")
@@ -123,7 +129,10 @@ pub fn request(
     let mut s = TcpStream::connect(addr).expect("connect to the collector");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     for (k, v) in headers {

@@ -139,7 +139,10 @@ fn a_wrong_device_clock_is_corrected_and_kept_as_the_identity() {
     let key = e.key();
     // A retry sent later (another skew estimate) keeps the same identity.
     let mut retry = event("2026-01-01T09:59:30Z", Some("2026-01-01T10:05:00Z"));
-    correct_clock(&mut retry, EventTime::parse_rfc3339("2026-01-01T12:05:00.3Z").unwrap());
+    correct_clock(
+        &mut retry,
+        EventTime::parse_rfc3339("2026-01-01T12:05:00.3Z").unwrap(),
+    );
     assert_eq!(retry.key(), key);
     assert_ne!(retry.timestamp, e.timestamp);
 
