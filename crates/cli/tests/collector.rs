@@ -35,6 +35,9 @@ fn gzip(b: &[u8]) -> Vec<u8> {
     z.finish().unwrap()
 }
 
+/// (name, path, headers, body, status, error code)
+type BadCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_refused_with_a_clear_4xx_and_produce_nothing() {
     let s = services();
@@ -62,7 +65,7 @@ async fn bad_requests_are_refused_with_a_clear_4xx_and_produce_nothing() {
     let big = vec![b' '; 70_000];
     let bomb = gzip(&vec![b'['; 2 << 20]);
     let many = body(&(0..11).map(|_| page_view(1)).collect::<Vec<_>>());
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<BadCase<'_>> = vec![
         (
             "no key",
             "/v1/events".into(),
@@ -818,4 +821,27 @@ async fn a_shopper_in_chromium_reaches_postgres_and_the_dashboard_exactly_once()
     processor.stop();
     drop(c);
     db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_producer_queue_is_answered_503_with_retry_after() {
+    let s = services();
+    let topic = unique("collect_full");
+    let dlq = unique("collect_full_dlq");
+    create_topic(&s.bootstrap, &topic, 1).await;
+    create_topic(&s.bootstrap, &dlq, 1).await;
+    let c = Collector::start(
+        &s,
+        &topic,
+        &dlq,
+        &["--kafka-property", "queue.buffering.max.messages=5"],
+    );
+    let r = c.post(&body(&(0..20).map(|_| page_view(1)).collect::<Vec<_>>()));
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "queue_full");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    // Once the queued records are acknowledged, small requests get through.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = c.post(&body(&[page_view(1), page_view(1)]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }

@@ -54,7 +54,10 @@ pub struct Outgoing<'a> {
 
 /// The shared producer.
 pub struct Events {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer whose
+    /// sequence state the broker no longer accepts cannot produce again).
+    producer: std::sync::RwLock<FutureProducer>,
+    config: ClientConfig,
     topic: String,
     dlq_topic: String,
 }
@@ -84,7 +87,8 @@ impl Events {
         }
         let producer: FutureProducer = cfg.create().map_err(CollectorError::Kafka)?;
         Ok(Events {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            config: cfg,
             topic: s.topic.clone(),
             dlq_topic: s.dlq_topic.clone(),
         })
@@ -93,7 +97,7 @@ impl Events {
     /// Fails unless the broker answers and the events topic exists (run at start, so a
     /// typo in the topic name stops the collector instead of 503-ing every request).
     pub async fn check(&self, timeout: Duration) -> Result<(), CollectorError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let topic = self.topic.clone();
         let md = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(Some(&topic), timeout)
@@ -119,6 +123,7 @@ impl Events {
         events: &[Outgoing<'_>],
         letters: &[Outgoing<'_>],
     ) -> Result<(), ProduceError> {
+        let producer = self.producer();
         let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(events.len() + letters.len());
         for (topic, recs) in [(&self.topic, events), (&self.dlq_topic, letters)] {
             for r in recs {
@@ -127,7 +132,7 @@ impl Events {
                 if let Some(h) = &r.headers {
                     rec = rec.headers(h.clone());
                 }
-                match self.producer.send_result(rec) {
+                match producer.send_result(rec) {
                     Ok(f) => pending.push(f),
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         // Records already queued still go out; their events are answered
@@ -139,23 +144,53 @@ impl Events {
             }
         }
         for f in pending {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(ProduceError::Delivery(e)),
-                Err(_) => return Err(ProduceError::Delivery(KafkaError::Canceled)),
-            }
+            let failed = match f.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) => e,
+                Err(_) => KafkaError::Canceled,
+            };
+            self.renew_if_fatal(&producer);
+            return Err(ProduceError::Delivery(failed));
         }
         Ok(())
     }
 
+    fn producer(&self) -> FutureProducer {
+        match self.producer.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A fatal error (e.g. the broker lost the idempotent producer's state) makes every
+    /// later send fail: build a new producer, once, for whoever saw it first.
+    fn renew_if_fatal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let Ok(mut slot) = self.producer.write() else {
+            return;
+        };
+        if !std::ptr::eq(slot.client().native_ptr(), failed.client().native_ptr()) {
+            return; // already renewed
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(p) => {
+                tracing::error!(?code, %reason, "Kafka producer hit a fatal error; replaced it");
+                *slot = p;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer"),
+        }
+    }
+
     /// Records waiting in the producer for an acknowledgement.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer().in_flight_count()
     }
 
     /// Waits up to `timeout` for queued records (at shutdown).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.producer().flush(timeout) {
             tracing::warn!(error = %e, "not every record was acknowledged at shutdown");
         }
     }

@@ -76,7 +76,7 @@ pub struct SimStats {
 }
 
 enum Immediate {
-    Valid(Event),
+    Valid(Box<Event>),
     Raw {
         kind: RecordKind,
         key: Uuid,
@@ -488,7 +488,7 @@ impl Simulator {
                     item: Delayed::Late(Box::new(e)),
                 }));
             } else {
-                self.immediate.push_back(Immediate::Valid(e));
+                self.immediate.push_back(Immediate::Valid(Box::new(e)));
             }
         }
         self.step_out = out;

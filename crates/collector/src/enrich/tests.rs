@@ -6,8 +6,16 @@ use uuid::Uuid;
 use super::*;
 
 /// Real user agents, and what a shop's analyst expects to see for each.
-/// (browser, os, device, bot)
-const AGENTS: &[(&str, Option<&str>, Option<&str>, &str, bool)] = &[
+/// (user agent, browser, os, device, bot)
+type AgentCase = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+    bool,
+);
+
+const AGENTS: &[AgentCase] = &[
     (
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
         Some("Chrome 120"), Some("Windows"), "desktop", false,
