@@ -7,6 +7,9 @@
 #                              produce to commit at a fixed 5,000 events/s
 #   bench/run.sh lake          lake writer (Kafka -> bronze + silver Parquet) throughput and
 #                              the daily gold batch over one day of BENCH_LAKE_EVENTS events
+#   bench/run.sh collect       HTTP collector: events/s into Kafka with requests of 1 and of
+#                              50 events over keep-alive connections, request latency at a
+#                              steady 10,000 events/s, collector peak RSS and CPU
 #   bench/run.sh fuzz          property-based fuzzing of decode -> validate -> operators,
 #                              BENCH_FUZZ_CASES (default 1000000) cases per property, release
 #   bench/run.sh               all of them (but fuzz)
@@ -31,9 +34,10 @@ if [ "$what" = fuzz ]; then
     exit 0
 fi
 apt_ensure time
-cargo build --release --locked --bin clickstream --bin latency-probe 2>&1 | tail -n1 >&2
+cargo build --release --locked --bin clickstream --bin latency-probe --bin collect-load 2>&1 | tail -n1 >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/clickstream
 PROBE=${CARGO_TARGET_DIR:-$ROOT/target}/release/latency-probe
+LOAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/collect-load
 dev/stack.sh up >&2
 load_env
 
@@ -183,5 +187,37 @@ if [ "$what" = lake ] || [ "$what" = all ]; then
     printf '| batch: one day of silver -> gold Parquet (%s events, %s s) | all gold tables, 30-day user history | %s | %s MB | %s | - |\n' "$L" "$secs" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$L")"
     notes+=("lake size for $L records: bronze/silver $size MB")
     rm -rf "$dir"
+fi
+if [ "$what" = collect ] || [ "$what" = all ]; then
+    stamp=$(date +%s)
+    topic="bench.collect.$stamp"
+    "$BIN" generate --topic "$topic" --no-catalog --progress never -n 0 2>/dev/null
+    key="bench-key-$stamp"
+    # Limits raised: this measures the collector, not its rate limiter.
+    "$BIN" collect --listen 127.0.0.1:18091 --topic "$topic" --write-key "bench=$key" \
+        --rate-per-ip 10000000 --rate-per-key 100000000 2>"$STATE/bench-collect.log" &
+    cpid=$!
+    until grep -q 'collector listening' "$STATE/bench-collect.log"; do
+        kill -0 "$cpid" 2>/dev/null || { cat "$STATE/bench-collect.log" >&2; die "collector did not start"; }
+        sleep 0.2
+    done
+    proc_cpu() { local f; read -r -a f <<<"$(cut -d')' -f2- "/proc/$cpid/stat")"; echo "scale=2; (${f[11]} + ${f[12]}) / $(getconf CLK_TCK)" | bc; }
+    secs=${BENCH_COLLECT_SECONDS:-20}
+    for spec in "1 32" "50 16"; do
+        read -r batch conns <<<"$spec"
+        c0=$(proc_cpu)
+        out=$("$LOAD" --addr 127.0.0.1:18091 --key "$key" --batch "$batch" --connections "$conns" --duration "${secs}s")
+        c1=$(proc_cpu)
+        f() { grep -o "$1=[0-9.]*" <<<"$out" | cut -d= -f2; }
+        printf '| collect: HTTP -> Kafka (acked), %s event(s) per request | %s keep-alive connections, lz4, idempotent, acks=all; p50 %s ms, p99 %s ms; %s non-200 | %s | - | %s | - |\n' \
+            "$batch" "$conns" "$(f p50_ms)" "$(f p99_ms)" "$(f non_200)" "$(f events_per_s)" "$(cpu_per_m "$c1 - $c0" "$(f events)")"
+    done
+    out=$("$LOAD" --addr 127.0.0.1:18091 --key "$key" --batch 50 --connections 8 --rate 10000 --duration "${secs}s")
+    f() { grep -o "$1=[0-9.]*" <<<"$out" | cut -d= -f2; }
+    rss=$(grep VmHWM "/proc/$cpid/status" | tr -dc 0-9)
+    kill -TERM "$cpid"; wait "$cpid" || true
+    notes+=("" "| collector latency at a steady 10,000 events/s (batches of 50, 8 connections) | requests | p50 | p99 | non-200 | collector peak RSS |"
+        "|---|---:|---:|---:|---:|---:|"
+        "| ${secs} s | $(f requests) | $(f p50_ms) ms | $(f p99_ms) ms | $(f non_200) | $((rss / 1024)) MB |")
 fi
 for line in "${notes[@]}"; do echo "$line"; done

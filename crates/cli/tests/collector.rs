@@ -36,7 +36,14 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 }
 
 /// (name, path, headers, body, status, error code)
-type BadCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+type BadCase<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_refused_with_a_clear_4xx_and_produce_nothing() {
