@@ -27,7 +27,7 @@ ensure_env() {
     fi
     log "creating .env from .env.example with freshly generated passwords"
     while IFS= read -r line || [ -n "$line" ]; do
-        while [[ "$line" == *__RANDOM__* ]]; do
+        while [[ "$line" != \#* && "$line" == *__RANDOM__* ]]; do
             line=${line/__RANDOM__/$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
         done
         out+="$line"$'\n'

@@ -73,6 +73,9 @@ impl Events {
         cfg.set("bootstrap.servers", &s.bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // The Java client's partitioner, as `generate` uses: one user, one partition,
+            // whoever produces.
+            .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             // Small: requests wait for their acknowledgement, so latency is what batching costs.
             .set("linger.ms", "2")
