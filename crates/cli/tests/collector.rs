@@ -316,6 +316,11 @@ async fn accepted_events_are_enriched_and_refused_ones_dead_lettered_with_their_
             "127.0.0.0/8",
             "--country-header",
             "CF-IPCountry",
+            "--geoip-db",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../collector/tests/data/GeoLite2-Country-Test.mmdb"
+            ),
         ],
     );
 
@@ -398,6 +403,8 @@ async fn accepted_events_are_enriched_and_refused_ones_dead_lettered_with_their_
             ("Authorization", auth.as_str()),
             ("Content-Encoding", "gzip"),
             ("User-Agent", "curl/8.5.0"),
+            // No country header: the country comes from the MaxMind test database.
+            ("X-Forwarded-For", "89.160.20.130"),
         ],
         &gzip(&ndjson),
     );
@@ -474,6 +481,8 @@ async fn accepted_events_are_enriched_and_refused_ones_dead_lettered_with_their_
         .collect();
     assert_eq!(curl.len(), 2);
     assert!(curl.iter().all(|e| e.bot == Some(true)));
+    assert!(curl.iter().all(|e| e.country.as_deref() == Some("SE")));
+    assert!(curl.iter().all(|e| e.ip.as_deref() == Some("89.160.20.0")));
     let pixel: Vec<_> = by_id
         .values()
         .filter(|e| e.page.as_deref() == Some("landing"))

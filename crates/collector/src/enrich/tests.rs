@@ -196,3 +196,44 @@ fn enrichment_prefers_the_events_own_context() {
     assert_eq!(e.device.as_deref(), Some("mobile"));
     assert!(e.is_bot());
 }
+
+fn test_geoip() -> GeoIp {
+    GeoIp::open(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/GeoLite2-Country-Test.mmdb"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_maxmind_database_gives_the_country() {
+    let db = test_geoip();
+    for (ip, want) in [
+        ("81.2.69.142", Some("GB")),
+        ("89.160.20.130", Some("SE")),
+        ("216.160.83.57", Some("US")),
+        ("2001:218::1", Some("JP")),
+        ("10.1.2.3", None),
+        ("127.0.0.1", None),
+    ] {
+        assert_eq!(db.country(ip.parse().unwrap()).as_deref(), want, "{ip}");
+    }
+    assert!(GeoIp::open(std::path::Path::new("/nonexistent.mmdb")).is_err());
+
+    // Looked up on the full address, before it is anonymised.
+    let en = Enricher {
+        agents: AgentParser::new().unwrap(),
+        geoip: Some(db),
+    };
+    let mut e = event("2026-01-01T11:59:00Z", None);
+    let req = RequestFacts {
+        ip: Some("81.2.69.143".parse().unwrap()),
+        user_agent: None,
+        country: None,
+        received_at: EventTime::parse_rfc3339("2026-01-01T12:00:00Z").unwrap(),
+    };
+    en.enrich(&mut e, &req);
+    assert_eq!(e.country.as_deref(), Some("GB"));
+    assert_eq!(e.ip.as_deref(), Some("81.2.69.0"));
+    assert_eq!(e.browser, None);
+}
