@@ -861,3 +861,134 @@ async fn a_full_producer_queue_is_answered_503_with_retry_after() {
     let r = c.post(&body(&[page_view(1), page_view(1)]));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_corrected_differently_for_a_wrong_clock_counts_once() {
+    use support::reference;
+    use support::tables::{actual, assert_tables_equal};
+
+    let s = services();
+    let db = TestDb::create(&s).await;
+    assert!(db.migrate().status.success());
+    let topic = unique("collect_skew");
+    create_topic(&s.bootstrap, &topic, 2).await;
+    let dlq = dead_letter_topic(&s).await;
+    let c = Collector::start(&s, &topic, &dlq, &[]);
+
+    // A phone whose clock is 3 hours behind sends a purchase, does not hear back, and sends
+    // it again 2 s later (by its clock): two corrections, one event. Another event reuses
+    // the id at another device time: a different event.
+    let device_now = || EventTime::from_micros(EventTime::now().as_micros() - 3 * 3_600_000_000);
+    let created = EventTime::from_micros(device_now().as_micros() - 20_000_000);
+    let mut e = page_view(0);
+    e["event_type"] = json!("purchase");
+    for (k, v) in [
+        ("product_id", json!("P00001")),
+        ("category", json!("toys")),
+        ("price", json!(12.5)),
+        ("quantity", json!(2)),
+        ("amount", json!(25.0)),
+        ("order_id", json!(uuid())),
+    ] {
+        e[k] = v;
+    }
+    e["timestamp"] = json!(created.to_string());
+    let mut other = e.clone();
+    other["timestamp"] =
+        json!(EventTime::from_micros(created.as_micros() - 60_000_000).to_string());
+    for (event, pause) in [(&e, 2), (&e, 0), (&other, 0)] {
+        let mut sent = event.clone();
+        sent["sent_at"] = json!(device_now().to_string());
+        let r = c.post(&body(&[sent]));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        std::thread::sleep(Duration::from_secs(pause));
+    }
+    let recs = read_topic(&s.bootstrap, &topic, 2, 3, Duration::from_secs(20));
+    assert_eq!(recs.len(), 3);
+    let times: std::collections::HashSet<String> = recs
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.value).unwrap()["timestamp"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(times.len(), 3, "each send corrected on its own: {times:?}");
+
+    let group = unique("g");
+    let mut flags = reference::TEST_SEM_FLAGS.to_vec();
+    flags.push("--audit");
+    let processor = Processor::start(&s, &db, &topic, &dlq, &group, &flags);
+    wait_caught_up(
+        &db.writer_url,
+        &group,
+        &topic,
+        &end_offsets(&recs),
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let raw: Vec<(i32, i64, Vec<u8>)> = recs
+        .iter()
+        .map(|r| (r.partition, r.offset, r.value.clone()))
+        .collect();
+    let want = reference::compute(
+        &raw,
+        &ValidationPolicy::new(EventTime::now()),
+        reference::TEST_SEM,
+    );
+    let got = actual(&db).await;
+    assert_tables_equal(&want, &got);
+    assert_eq!(got.distinct_events, 2);
+    let revenue: i64 = got.minutes.values().map(|m| m.revenue).sum();
+    assert_eq!(revenue, 2 * 2500, "the resend is not revenue");
+    // Event time is the corrected one: minutes of now, not of the phone's clock.
+    let now_us = EventTime::now().as_micros();
+    assert!(
+        got.minutes
+            .keys()
+            .all(|(m, _)| now_us - m < 30 * 60_000_000),
+        "{:?}",
+        got.minutes.keys()
+    );
+    processor.stop();
+    db.drop().await;
+}
+
+#[test]
+fn a_missing_topic_stops_the_collector_at_start_with_the_command_to_create_it() {
+    let s = services();
+    let topic = unique("collect_missing");
+    let out = clickstream()
+        .args([
+            "collect",
+            "--listen",
+            "127.0.0.1:0",
+            "--bootstrap",
+            &s.bootstrap,
+        ])
+        .args(["--topic", &topic, "--write-key", &format!("t={KEY}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("topic `{topic}` does not exist")),
+        "{err}"
+    );
+    assert!(err.contains("kafka-topics.sh --create"), "{err}");
+    // And a bad write key is refused before anything starts.
+    let out = clickstream()
+        .args([
+            "collect",
+            "--listen",
+            "127.0.0.1:0",
+            "--write-key",
+            "shop=short",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("8+ characters"));
+}
