@@ -70,3 +70,20 @@ wait_port() {
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# The analysts' Python tools, pinned, in a venv outside the clone (cached across clones and
+# CI runs): dbt with DuckDB. Recreated when the pins change. Prints the venv's path.
+DBT_PINS="dbt-core==1.11.16 dbt-duckdb==1.11.1 duckdb==1.4.4"
+dbt_venv() {
+    local venv="$CACHE/venv-dbt" stamp
+    stamp="$venv/.pins"
+    if [ ! -x "$venv/bin/dbt" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$DBT_PINS" ]; then
+        apt_ensure python3-venv >&2
+        log "creating the dbt venv in $venv ($DBT_PINS)" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check $DBT_PINS >&2
+        echo "$DBT_PINS" > "$stamp"
+    fi
+    echo "$venv"
+}

@@ -10,6 +10,9 @@ cd "$ROOT"
 dev/setup.sh
 dev/stack.sh up
 load_env
+# The dbt test (crates/cli/tests/dbt.rs) runs this venv's dbt.
+CLICKSTREAM_DBT_VENV=$(dbt_venv)
+export CLICKSTREAM_DBT_VENV
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
