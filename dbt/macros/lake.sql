@@ -13,3 +13,18 @@ read_parquet('{{ var("lake_dir") }}/{{ layer }}/**/*.parquet', hive_partitioning
 {{ return(false) }}
 {%- endif -%}
 {%- endmacro %}
+
+{# The column names of a layer's files (all files, by name), at compile time. #}
+{% macro lake_columns(layer) -%}
+{%- if execute -%}
+{%- set r = run_query("describe select * from " ~ lake(layer)) -%}
+{{ return(r.columns[0].values() | list) }}
+{%- else -%}
+{{ return([]) }}
+{%- endif -%}
+{%- endmacro %}
+
+{# `name` if the layer's files have it (written since the collector existed), else a typed null. #}
+{% macro optional_column(columns, name, type) -%}
+{%- if name in columns -%}{{ name }}{%- else -%}null::{{ type }} as {{ name }}{%- endif -%}
+{%- endmacro %}

@@ -1,8 +1,18 @@
 -- One row per distinct valid event: silver deduplicated on the contract's identity
 -- (event id and the device's time of the event, `client_time` when the collector corrected
 -- `event_time`), keeping the first copy in Kafka order, as the stream processor does.
+{%- set columns = lake_columns('silver') %}
+-- Files written before the collector existed lack its columns: they read as nulls.
 with silver as (
-    select * from {{ lake('silver') }}
+    select
+        * exclude ({{ (['browser', 'os', 'ip', 'client_time', 'sent_at', 'received_at'] | select('in', columns) | list + ['kafka_timestamp']) | join(', ') }}),
+        {{ optional_column(columns, 'client_time', 'timestamptz') }},
+        {{ optional_column(columns, 'sent_at', 'timestamptz') }},
+        {{ optional_column(columns, 'received_at', 'timestamptz') }},
+        {{ optional_column(columns, 'browser', 'varchar') }},
+        {{ optional_column(columns, 'os', 'varchar') }},
+        {{ optional_column(columns, 'ip', 'varchar') }}
+    from {{ lake('silver') }}
 ),
 
 ranked as (
