@@ -700,7 +700,19 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
     );
     assert_eq!(gold_day(&db, &days[1]).await, rows_before);
 
-    // The report of the day.
+    // The report of the day, with catalog names a spreadsheet or a Markdown table would
+    // misread.
+    connect(&db.admin_url)
+        .await
+        .execute(
+            "INSERT INTO analytics.dim_product (product_id, name, category, price, popularity_rank)
+             SELECT DISTINCT product_id, '=HYPERLINK(\"http://x\")|pipe' || chr(10) || 'line<b>', category, 1, 1
+               FROM analytics.gold_top_products
+             ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name",
+            &[],
+        )
+        .await
+        .unwrap();
     let out_dir = dir.join("reports");
     let out = clickstream()
         .args([
@@ -743,6 +755,27 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
         let text = std::fs::read_to_string(rdir.join(csv)).unwrap();
         assert!(text.lines().count() >= 1, "{csv}");
     }
+    let top = std::fs::read_to_string(rdir.join("top_products.csv")).unwrap();
+    assert!(
+        top.contains("\"'=HYPERLINK(\"\"http://x\"\")|pipe\nline<b>\""),
+        "{top}"
+    );
+    assert!(!top.contains(",=HYPERLINK"), "{top}");
+    assert!(
+        md.contains("=HYPERLINK(\"http://x\")\\|pipe line&lt;b&gt;"),
+        "{md}"
+    );
+    assert!(!md.lines().any(|l| l.starts_with("line")), "{md}");
+    let txt = std::fs::read_to_string(rdir.join("report.txt")).unwrap();
+    assert!(
+        txt.starts_with(&format!("Clickstream daily report: {}", days[1])),
+        "{txt}"
+    );
+    assert!(
+        txt.contains("top products (10 rows)") && txt.contains("=HYPERLINK"),
+        "{txt}"
+    );
+    assert!(!txt.lines().any(|l| l.starts_with("line")), "{txt}");
     let segs = std::fs::read_to_string(rdir.join("segments.csv")).unwrap();
     assert_eq!(segs.lines().count(), 5, "{segs}");
     db.drop().await;

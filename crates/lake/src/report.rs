@@ -1,6 +1,11 @@
 //! `clickstream report --date D`: the day's gold (from PostgreSQL, with product names) and
-//! flash-sale alerts as `report.json`, one CSV per section and a Markdown summary, under
-//! `<out>/<D>/`.
+//! flash-sale alerts as `report.json`, one CSV per section, a Markdown summary and a plain
+//! text one, under `<out>/<D>/`.
+//!
+//! Text in a report can come from events (categories, product ids) or the catalog (names),
+//! so it is escaped for each format: CSV cells that a spreadsheet would run as a formula
+//! (`=`, `+`, `-`, `@`, tab, CR first) get a leading `'`, Markdown cells escape `|`, `\`,
+//! `<`, `>` and lose line breaks, plain text loses control characters.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,9 @@ struct Section {
 fn csv_field(v: &Value) -> String {
     let s = match v {
         Value::Null => String::new(),
+        // OWASP's defence against formula injection: text a spreadsheet would evaluate is
+        // made a literal. Numbers are JSON numbers, never strings, so `-5` stays a number.
+        Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
@@ -37,12 +45,78 @@ fn money(cents: &Value) -> String {
     }
 }
 
+/// A value as a Markdown table cell.
 fn num(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => md_escape(s),
         other => other.to_string(),
     }
+}
+
+/// Text safe inside a Markdown table cell: no line breaks or control characters, and the
+/// characters that end a cell or start HTML escaped.
+fn md_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '\\' => out.push_str("\\\\"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A value as plain text: strings without control characters.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+        other => other.to_string(),
+    }
+}
+
+/// Every section as an aligned plain-text table (for mail bodies and terminals).
+fn text(day: &str, sections: &[Section]) -> String {
+    let mut t = format!("Clickstream daily report: {day}\n");
+    for s in sections {
+        let cells: Vec<Vec<String>> = s
+            .rows
+            .iter()
+            .map(|r| r.iter().map(plain).collect())
+            .collect();
+        let width = |i: usize| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([s.columns[i].len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..s.columns.len()).map(width).collect();
+        let _ = writeln!(t, "\n{} ({} rows)", s.name.replace('_', " "), s.rows.len());
+        let line = |cols: Vec<&str>| -> String {
+            cols.iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        let _ = writeln!(t, "{}", line(s.columns.clone()));
+        for r in &cells {
+            let _ = writeln!(t, "{}", line(r.iter().map(String::as_str).collect()));
+        }
+    }
+    t
 }
 
 async fn section(
@@ -153,6 +227,7 @@ pub async fn write(c: &Client, day: &str, out: &Path) -> Result<Vec<PathBuf>, La
         serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default() + "\n",
     )?;
     put("report.md".into(), markdown(day, &sections))?;
+    put("report.txt".into(), text(day, &sections))?;
     Ok(written)
 }
 
@@ -277,4 +352,46 @@ fn markdown(day: &str, sections: &[Section]) -> String {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "=HYPERLINK(\"http://x\")|a\nb<script>\\";
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_literals() {
+        for (v, want) in [
+            (json!("=1+1"), "'=1+1"),
+            (json!("+cmd"), "'+cmd"),
+            (json!("-2+3"), "'-2+3"),
+            (json!("@SUM(A1)"), "'@SUM(A1)"),
+            (json!("toys"), "toys"),
+            (json!(-5), "-5"),
+            (json!("a,b"), "\"a,b\""),
+            (
+                json!(HOSTILE),
+                "\"'=HYPERLINK(\"\"http://x\"\")|a\nb<script>\\\"",
+            ),
+        ] {
+            assert_eq!(csv_field(&v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn markdown_and_text_cells_cannot_break_their_row() {
+        let md = num(&json!(HOSTILE));
+        assert!(!md.contains('\n'));
+        assert!(!md.contains('<'));
+        assert_eq!(md.matches('|').count(), md.matches("\\|").count(), "{md}");
+        let section = Section {
+            name: "top_products",
+            columns: vec!["product_id", "name"],
+            rows: vec![vec![json!("P1"), json!(HOSTILE)]],
+        };
+        let t = text("2026-11-30", &[section]);
+        assert_eq!(t.lines().count(), 5, "{t}");
+        assert!(t.contains("P1          =HYPERLINK"), "{t}");
+    }
 }
