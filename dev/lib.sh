@@ -87,3 +87,21 @@ dbt_venv() {
     fi
     echo "$venv"
 }
+
+# Airflow 3 for the DAG test (dags/), pinned by a frozen constraints file, in a venv outside
+# the clone. Prints the venv's path.
+AIRFLOW_VERSION=3.3.2
+airflow_venv() {
+    local venv="$CACHE/venv-airflow" constraints pins
+    constraints="$ROOT/deploy/airflow/constraints-$AIRFLOW_VERSION-py3.11.txt"
+    pins="apache-airflow==$AIRFLOW_VERSION $(sha256sum "$constraints" | cut -c1-16)"
+    if [ ! -x "$venv/bin/airflow" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
+        apt_ensure python3-venv >&2
+        log "creating the Airflow venv in $venv (apache-airflow $AIRFLOW_VERSION, about a minute)" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION" -c "$constraints" >&2
+        echo "$pins" > "$venv/.pins"
+    fi
+    echo "$venv"
+}
