@@ -12,9 +12,12 @@ Settings are Airflow Variables, read when a task runs (templates, never at impor
   clickstream_dbt_bin     dbt with dbt-duckdb                 (default: dbt on PATH)
   clickstream_dbt_dir     the project's dbt/ directory        (default: /opt/clickstream/dbt)
 Set them in the UI, or as AIRFLOW_VAR_CLICKSTREAM_BIN etc. in the workers' environment.
+CLICKSTREAM_DAG_START_DATE (environment, default 2026-01-01) is the first day scheduled;
+missed days since then are caught up in order.
 The database URLs come from the workers' environment (DATABASE_URL for the batch,
 READER_DATABASE_URL for verify and report), never from this file.
 """
+import os
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -36,7 +39,7 @@ with DAG(
     dag_id="clickstream_daily",
     description="Gold tables, lambda check, dbt models and report for one UTC day of clickstream events",
     schedule="15 0 * * *",  # 00:15 UTC: the day is past the processor's 2-minute lateness
-    start_date=datetime(2026, 1, 1),
+    start_date=datetime.fromisoformat(os.environ.get("CLICKSTREAM_DAG_START_DATE", "2026-01-01")),
     catchup=True,  # missed days run in order, like the built-in scheduler's catch-up
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=10)},

@@ -3,7 +3,7 @@
 # $CLICKSTREAM_LAKE_DIR (default data/). Examples:
 #   dev/dbt.sh build                      every model and test (incl. agreement with the Rust gold)
 #   dev/dbt.sh run --select daily_funnel  one model
-#   dev/dbt.sh docs generate && dev/dbt.sh docs serve --port 8081
+#   dev/dbt.sh docs generate && dev/dbt.sh docs serve --port 8082
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT/dbt"
