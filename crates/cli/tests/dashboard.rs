@@ -646,12 +646,44 @@ async fn every_grafana_panel_query_returns_rows() {
         dash["refresh"].as_str().is_some(),
         "the dashboard refreshes by itself"
     );
+    // Time series follow the time picker; "today" means the current UTC day, not the last
+    // day that has data.
+    for p in dash["panels"].as_array().unwrap() {
+        let sql = p["targets"][0]["rawSql"].as_str().unwrap_or("");
+        if p["type"] == "timeseries" {
+            assert!(sql.contains("$__timeFilter("), "{}: {sql}", p["title"]);
+        }
+        if p["title"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("today")
+        {
+            assert!(
+                sql.contains("now() AT TIME ZONE 'UTC'"),
+                "{}: {sql}",
+                p["title"]
+            );
+        }
+    }
 
     let s = services();
     let db = TestDb::create(&s).await;
     let mut pipe = Pipeline::start(&s, &db).await;
     let start = EventTime::from_millis(EventTime::now().as_millis() - 20 * 60_000);
     pipe.feed(&s, &db, random_u64(), start, 30_000).await;
+    // Yesterday's gold, as `clickstream batch` would have written it.
+    connect(&db.admin_url)
+        .await
+        .execute(
+            "INSERT INTO analytics.gold_daily_funnel (day, events, bot_events, product_views,
+                     cart_adds, purchases, orders, units, revenue_cents, view_to_cart_pct,
+                     cart_to_purchase_pct)
+             VALUES (current_date - 1, 10, 1, 5, 2, 1, 1, 1, 999, 40.0, 50.0)",
+            &[],
+        )
+        .await
+        .unwrap();
     // The variables the dashboard offers: these must resolve as well.
     let reader = connect(&db.reader_url).await;
     let from = EventTime::from_millis(EventTime::now().as_millis() - 6 * 3_600_000).to_string();
