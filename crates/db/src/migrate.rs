@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "resilience",
         sql: include_str!("../../../db/migrations/0006_resilience.sql"),
     },
+    Migration {
+        version: 7,
+        name: "purchases_hourly",
+        sql: include_str!("../../../db/migrations/0007_purchases_hourly.sql"),
+    },
 ];
 
 /// The application roles the migrations create.

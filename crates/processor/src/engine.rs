@@ -28,6 +28,8 @@ use uuid::Uuid;
 
 /// Microseconds in a minute.
 pub const MINUTE: i64 = 60_000_000;
+/// One hour in microseconds.
+pub const HOUR: i64 = 3_600_000_000;
 
 /// Tunables of the operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,8 @@ pub struct BatchOutput {
     pub late: Vec<LateRecord>,
     /// Per event applied, in order: was it late (for the audit table).
     pub late_flags: Vec<bool>,
+    /// `(hour start µs, type, user)` of every event applied (distinct users per hour).
+    pub hourly_users: HashSet<(i64, EventType, Uuid)>,
 }
 
 impl BatchOutput {
@@ -309,6 +313,8 @@ impl PartitionState {
         };
 
         let minute = floor(ts, MINUTE);
+        out.hourly_users
+            .insert((floor(ts, HOUR), ev.event_type, ev.user_id));
         let m = out.minutes.entry((minute, ev.event_type)).or_default();
         m.events += 1;
         m.units += units;

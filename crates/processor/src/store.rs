@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 
 use chrono::{DateTime, Utc};
-use clickstream_model::{EventKey, EventTime};
+use clickstream_model::{EventKey, EventTime, EventType};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
@@ -302,6 +302,80 @@ pub async fn copy_events(
     Ok(())
 }
 
+/// Records the batch's new purchase lines in `analytics.purchases` (binary COPY, in key
+/// order).
+pub async fn copy_purchases(
+    tx: &Transaction<'_>,
+    events: &[SourcedEvent],
+) -> Result<(), ProcessorError> {
+    let mut lines: Vec<&SourcedEvent> = events
+        .iter()
+        .filter(|e| e.event.event_type == EventType::Purchase)
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    lines.sort_unstable_by_key(|e| (e.event.timestamp, e.event.event_id));
+    let sink = tx
+        .copy_in(
+            "COPY analytics.purchases (event_time, event_id, order_id, user_id, session_id, product_id,
+                category, price_cents, quantity, amount_cents, is_bot, kafka_partition, kafka_offset)
+             FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::TIMESTAMPTZ,
+        Type::UUID,
+        Type::UUID,
+        Type::UUID,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT4,
+        Type::INT8,
+        Type::BOOL,
+        Type::INT4,
+        Type::INT8,
+    ];
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    for e in lines {
+        let ev = &e.event;
+        // The contract requires these on a purchase; validation guarantees them.
+        let (Some(order), Some(product), Some(category), Some(price), Some(qty), Some(amount)) = (
+            ev.order_id,
+            ev.product_id.as_deref(),
+            ev.category.as_deref(),
+            ev.price,
+            ev.quantity,
+            ev.amount,
+        ) else {
+            return Err(ProcessorError::Internal(format!(
+                "purchase {} without its order fields passed validation",
+                ev.event_id
+            )));
+        };
+        let row: [&(dyn ToSql + Sync); 13] = [
+            &ts(ev.timestamp),
+            &ev.event_id,
+            &order,
+            &ev.user_id,
+            &ev.session_id,
+            &product,
+            &category,
+            &price.cents(),
+            &(qty as i32),
+            &amount.cents(),
+            &ev.is_bot(),
+            &e.partition,
+            &e.offset,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.as_mut().finish().await?;
+    Ok(())
+}
+
 /// Writes every aggregate, session and late record of the batch.
 pub async fn write_outputs(
     tx: &Transaction<'_>,
@@ -394,6 +468,24 @@ pub async fn write_outputs(
         write_sessions(
             tx,
             sorted(&out.sessions, |k| *k).into_iter().map(|(_, s)| s),
+        )
+        .await?;
+    }
+    if !out.hourly_users.is_empty() {
+        let mut rows: Vec<&(i64, EventType, Uuid)> = out.hourly_users.iter().collect();
+        rows.sort_unstable_by_key(|(h, t, u)| (*h, t.as_str(), *u));
+        let hour: Vec<DateTime<Utc>> = rows
+            .iter()
+            .map(|r| ts(EventTime::from_micros(r.0)))
+            .collect();
+        let ty: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        let user: Vec<Uuid> = rows.iter().map(|r| r.2).collect();
+        // Most rows are already there (the user was active earlier in the hour).
+        tx.execute(
+            "INSERT INTO analytics.hourly_users (hour, event_type, user_id)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::uuid[])
+             ON CONFLICT DO NOTHING",
+            &[&hour, &ty, &user],
         )
         .await?;
     }
@@ -900,12 +992,42 @@ pub async fn mark_stopped(client: &Client, instance: &str) -> Result<(), Process
 }
 
 /// Deletes dedup ledger entries older than the horizon (events that old are rejected by
-/// validation anyway, so they can never be duplicates of an accepted event).
+/// validation anyway, so they can never be duplicates of an accepted event), and rolls the
+/// hours before it, which can no longer change, from `hourly_users` into
+/// `hourly_user_counts`.
 pub async fn prune_seen(client: &Client, older_than: EventTime) -> Result<u64, ProcessorError> {
+    let horizon = ts(older_than);
+    client.batch_execute("BEGIN").await?;
+    let rolled = async {
+        client
+            .execute(
+                "INSERT INTO analytics.hourly_user_counts (hour, event_type, users)
+                 SELECT hour, event_type, count(*) FROM analytics.hourly_users
+                  WHERE hour < date_trunc('hour', $1::timestamptz) GROUP BY 1, 2
+                 ON CONFLICT (hour, event_type) DO UPDATE
+                    SET users = analytics.hourly_user_counts.users + EXCLUDED.users",
+                &[&horizon],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM analytics.hourly_users WHERE hour < date_trunc('hour', $1::timestamptz)",
+                &[&horizon],
+            )
+            .await
+    }
+    .await;
+    match rolled {
+        Ok(_) => client.batch_execute("COMMIT").await?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    }
     Ok(client
         .execute(
             "DELETE FROM analytics.seen_events WHERE event_time < $1",
-            &[&ts(older_than)],
+            &[&horizon],
         )
         .await?)
 }

@@ -86,6 +86,10 @@ pub struct Expected {
     pub alerts: BTreeMap<(i64, String), (i64, i64)>,
     pub rejected: BTreeMap<(i32, i64), String>,
     pub distinct_events: usize,
+    /// `analytics.purchases`: (event time µs, event id) -> (order, amount cents, quantity, product).
+    pub purchases: BTreeMap<(i64, Uuid), (Uuid, i64, i32, String)>,
+    /// `analytics.event_stats_hourly`: (hour µs, type) -> (events, users, sessions started, revenue).
+    pub hourly: BTreeMap<(i64, String), (i64, i64, i64, i64)>,
 }
 
 /// Its own copy of the bot markers: the reference shares no code with the processor.
@@ -153,6 +157,7 @@ pub fn compute_with(
         by_partition.entry(*p).or_default().push((*o, v.as_slice()));
     }
     let mut seen = HashSet::new();
+    let mut hourly_users: HashSet<(i64, String, Uuid)> = HashSet::new();
     let mut final_watermarks = Vec::new();
     for (p, mut recs) in by_partition {
         recs.sort_by_key(|r| r.0);
@@ -198,6 +203,22 @@ pub fn compute_with(
             m.revenue += revenue;
             m.late += late as i64;
             m.bot += e.bot.unwrap_or_else(|| is_bot(e.user_agent.as_deref())) as i64;
+            hourly_users.insert((
+                floor(t, 3600 * us),
+                e.event_type.as_str().to_string(),
+                e.user_id,
+            ));
+            if e.event_type == EventType::Purchase {
+                x.purchases.insert(
+                    (t, e.event_id),
+                    (
+                        e.order_id.unwrap(),
+                        revenue,
+                        e.quantity.unwrap() as i32,
+                        e.product_id.as_deref().unwrap().to_string(),
+                    ),
+                );
+            }
             if let Some(pid) = e.product_id.as_deref() {
                 let view = e.event_type == EventType::PageView;
                 let buy = e.event_type == EventType::Purchase;
@@ -298,6 +319,24 @@ pub fn compute_with(
             finish(&mut x, user, o, !closed);
         }
         final_watermarks.push(wm);
+    }
+    // Hourly statistics: the minutes summed per hour, distinct users, sessions by start hour.
+    let mut started: HashMap<i64, i64> = HashMap::new();
+    for (_, start, ..) in x.sessions.values() {
+        *started.entry(floor(*start, 3600 * us)).or_default() += 1;
+    }
+    for ((minute, ty), m) in &x.minutes {
+        let hour = floor(*minute, 3600 * us);
+        let h = x.hourly.entry((hour, ty.clone())).or_default();
+        h.0 += m.events;
+        h.3 += m.revenue;
+    }
+    for ((hour, ty), h) in x.hourly.iter_mut() {
+        h.1 = hourly_users
+            .iter()
+            .filter(|(uh, ut, _)| uh == hour && ut == ty)
+            .count() as i64;
+        h.2 = started.get(hour).copied().unwrap_or(0);
     }
     // Alerts: windows closed on every partition, judged by their on-time counts.
     let global = if opts.drained {

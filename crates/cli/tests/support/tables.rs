@@ -105,6 +105,32 @@ pub async fn actual(db: &TestDb) -> Expected {
     {
         x.rejected.insert((r.get(0), r.get(1)), r.get(2));
     }
+    for r in c
+        .query(
+            &format!(
+                "SELECT {}, event_id, order_id, amount_cents, quantity, product_id FROM analytics.purchases",
+                us("event_time")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        x.purchases.insert((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4), r.get(5)));
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT {}, event_type, events, users, sessions_started, revenue_cents FROM analytics.event_stats_hourly",
+                us("hour")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        x.hourly.insert((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4), r.get(5)));
+    }
     let n: i64 = c
         .query_one("SELECT count(*) FROM analytics.events", &[])
         .await
@@ -146,6 +172,8 @@ pub fn assert_tables_equal(want: &Expected, got: &Expected) {
     d.extend(diff("late_events", &want.late, &got.late));
     d.extend(diff("flash_sale_alerts", &want.alerts, &got.alerts));
     d.extend(diff("rejected_events", &want.rejected, &got.rejected));
+    d.extend(diff("purchases", &want.purchases, &got.purchases));
+    d.extend(diff("event_stats_hourly", &want.hourly, &got.hourly));
     if want.distinct_events != got.distinct_events {
         d.push(format!(
             "events: expected {}, got {}",

@@ -464,6 +464,7 @@ async fn run_transaction(
     let tx = client.transaction().await?;
     store::fence(&tx, &cfg.group, &cfg.topic, expected).await?;
     store::record_keys(&tx, &staged.fresh).await?;
+    store::copy_purchases(&tx, &staged.fresh).await?;
     phases[0] = t0.elapsed();
     let out = &staged.out;
     if cfg.audit_events {
