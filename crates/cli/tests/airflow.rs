@@ -12,27 +12,10 @@ use std::time::Duration;
 use clickstream_model::{EventTime, DAY_MICROS};
 use support::*;
 
-fn venv(var: &str, dir: &str, bin: &str) -> PathBuf {
-    let v = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
-        let cache = std::env::var("CLICKSTREAM_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/clickstream")
-            });
-        cache.join(dir)
-    });
-    assert!(
-        v.join("bin").join(bin).exists(),
-        "no {bin} in {}: run ./dev/setup.sh (it creates the pinned venvs)",
-        v.display()
-    );
-    v
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn airflow_runs_the_daily_dag_end_to_end() {
-    let airflow = venv("CLICKSTREAM_AIRFLOW_VENV", "venv-airflow", "airflow");
-    let dbt = venv("CLICKSTREAM_DBT_VENV", "venv-dbt", "dbt");
+    let airflow = python_venv("CLICKSTREAM_AIRFLOW_VENV", "venv-airflow", "airflow");
+    let dbt = python_venv("CLICKSTREAM_DBT_VENV", "venv-dbt", "dbt");
     let s = services();
     let db = TestDb::create(&s).await;
     assert!(db.migrate().status.success());

@@ -13,23 +13,7 @@ use support::*;
 
 /// The venv `dev/lib.sh`'s `dbt_venv` creates (`CLICKSTREAM_DBT_VENV` overrides).
 fn venv() -> PathBuf {
-    let v = std::env::var("CLICKSTREAM_DBT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let cache = std::env::var("CLICKSTREAM_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                        .join(".cache/clickstream")
-                });
-            cache.join("venv-dbt")
-        });
-    assert!(
-        v.join("bin/dbt").exists(),
-        "no dbt in {}: run ./dev/setup.sh (it creates the pinned dbt venv)",
-        v.display()
-    );
-    v
+    python_venv("CLICKSTREAM_DBT_VENV", "venv-dbt", "dbt")
 }
 
 fn project() -> PathBuf {

@@ -544,3 +544,22 @@ pub fn kill_kafka() {
         .success();
     assert!(ok, "kill -9 kafka");
 }
+
+/// The pinned Python venv `dev/setup.sh` creates under the cache (`var` overrides its path),
+/// with `bin` in it; fails with the setup hint if it is missing.
+pub fn python_venv(var: &str, dir: &str, bin: &str) -> PathBuf {
+    let v = std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
+        let cache = std::env::var("CLICKSTREAM_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/clickstream")
+            });
+        cache.join(dir)
+    });
+    assert!(
+        v.join("bin").join(bin).exists(),
+        "no {bin} in {}: run ./dev/setup.sh (it creates the pinned venvs)",
+        v.display()
+    );
+    v
+}
