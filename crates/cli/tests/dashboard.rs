@@ -254,6 +254,37 @@ async fn truth(db: &TestDb) -> Truth {
     }
 }
 
+/// Events and revenue per UTC hour of `day` from the raw audit table, and the peak hour
+/// (most events, the earlier on a tie): what the hourly panel must show.
+async fn truth_hours(db: &TestDb, day: &str) -> (Vec<(i64, i64)>, usize) {
+    let c = connect(&db.admin_url).await;
+    let mut hours = vec![(0i64, 0i64); 24];
+    for r in c
+        .query(
+            "SELECT extract(hour FROM event_time AT TIME ZONE 'UTC')::int4, count(*),
+                    coalesce(sum(amount_cents) FILTER (WHERE event_type = 'purchase'), 0)::int8
+               FROM analytics.events
+              WHERE (event_time AT TIME ZONE 'UTC')::date = $1::text::date
+              GROUP BY 1",
+            &[&day],
+        )
+        .await
+        .expect("hourly truth")
+    {
+        hours[r.get::<_, i32>(0) as usize] = (r.get(1), r.get(2));
+    }
+    let top = hours.iter().map(|h| h.0).max().unwrap_or(0);
+    let peak = hours.iter().position(|h| h.0 == top).unwrap();
+    (hours, peak)
+}
+
+/// Human sessions started on the overview's day, as the overview reports them.
+fn overview_sessions(base: &str) -> i64 {
+    get_json(base, "/api/overview")["sessions"]
+        .as_i64()
+        .unwrap()
+}
+
 fn thousands(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
@@ -345,6 +376,26 @@ async fn dashboard_in_chromium_shows_what_postgres_says_and_updates_live() {
         "the generator's malformed records are counted"
     );
     assert_eq!(top_row_product(&mut b), want.top_viewed);
+    // The hourly panel: every bar and the peak hour as the raw events say.
+    let (hours, peak) = truth_hours(&db, &want.day).await;
+    assert_eq!(b.text("peak-events"), thousands(hours[peak].0));
+    assert_eq!(b.text("peak-revenue"), dollars(hours[peak].1));
+    assert!(
+        b.text("peak-hour").starts_with(&format!("{peak:02}:00")),
+        "{} vs hour {peak}",
+        b.text("peak-hour")
+    );
+    let bars = b.eval(
+        "[...document.querySelectorAll('[data-testid=\"chart-hourly\"] rect')].map((r) => Number(r.dataset.events))",
+    );
+    let want_bars: Vec<i64> = hours.iter().map(|h| h.0).collect();
+    assert_eq!(bars, serde_json::json!(want_bars));
+    assert_eq!(
+        b.eval(
+            "document.querySelector('[data-testid=\"chart-hourly\"] rect.bar-peak').dataset.hour"
+        ),
+        Value::String(peak.to_string())
+    );
     assert!(
         b.eval(
             "document.querySelectorAll('[data-testid=\"chart-throughput\"] path.series').length"
@@ -493,6 +544,32 @@ async fn api_answers_json_rejects_bad_parameters_and_enforces_the_token() {
     let overview = get_json(&base, "/api/overview");
     assert_eq!(overview["day"].as_str(), Some(t.day.as_str()));
     assert_eq!(overview["purchases"].as_i64(), Some(t.purchases));
+    // Per-hour numbers and the peak hour agree with the raw events.
+    let (hours, peak) = truth_hours(&db, &t.day).await;
+    let hourly = get_json(&base, &format!("/api/hourly?date={}", t.day));
+    let got: Vec<(i64, i64)> = hourly["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["events"].as_i64().unwrap(),
+                h["revenue_cents"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, hours);
+    assert_eq!(hourly["peak"].as_u64(), Some(peak as u64));
+    let sessions: i64 = hourly["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["sessions_started"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sessions, overview_sessions(&base));
+    let quiet = get_json(&base, "/api/hourly?date=2001-01-01");
+    assert_eq!(quiet["peak"], Value::Null);
+    assert_eq!(quiet["hours"].as_array().unwrap().len(), 24);
     let empty_day = get_json(&base, "/api/funnel?date=2001-01-01");
     assert_eq!(empty_day["product_views"].as_i64(), Some(0));
     let health = get_json(&base, "/api/health");
@@ -511,6 +588,7 @@ async fn api_answers_json_rejects_bad_parameters_and_enforces_the_token() {
         "throughput",
         "conversion",
         "funnel",
+        "hourly",
         "top_by_views",
         "alerts",
         "health",
@@ -528,6 +606,8 @@ async fn api_answers_json_rejects_bad_parameters_and_enforces_the_token() {
         "/api/top-products?by=views%3BDROP%20TABLE%20analytics.events",
         "/api/funnel?date=2026-02-30",
         "/api/funnel?date=yesterday",
+        "/api/hourly?date=2026-13-01",
+        "/api/hourly?day=2026-11-30",
         "/api/overview?date=2026-11-23%27%20OR%201%3D1",
         "/api/alerts?limit=100000",
         "/api/health?verbose=1",

@@ -162,12 +162,53 @@ function render(s) {
 }
 
 function drawCharts(s) {
+  renderHourly(s.hourly);
   lineChart($("chart-throughput"),
     TYPES.map(([t, label, color]) => ({ label, color: css(color), points: s.throughput.map((p) => [p.minute_ms, p[t] / 60]) })),
     fmtRate, "No events in the last hour.");
   lineChart($("chart-conversion"),
     [{ label: "conversion %", color: css("--s3"), points: s.conversion.filter((p) => p.conversion_pct !== null).map((p) => [p.minute_ms, p.conversion_pct]) }],
     (v) => v.toFixed(0) + "%", "No sessions in the last hour.");
+}
+
+// Events per UTC hour of a day as bars, the peak hour highlighted.
+function barChart(el, hours, peak, emptyText) {
+  if (peak === null || peak === undefined) return empty(el, emptyText);
+  const W = Math.max(260, Math.round(el.clientWidth || 640)), H = W < 500 ? 150 : 190;
+  const L = 44, R = 10, T = 10, B = 24;
+  const yStep = niceCeil(Math.max(...hours.map((p) => p.events), 1) / 4), y1 = 4 * yStep;
+  const bw = (W - L - R) / hours.length;
+  const Y = (y) => T + (1 - y / y1) * (H - T - B);
+  const svg = h("svg:svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img" });
+  for (let i = 0; i <= 4; i++) {
+    svg.append(h("svg:line", { class: "axis", x1: L, x2: W - R, y1: Y(yStep * i), y2: Y(yStep * i) }));
+    svg.append(h("svg:text", { x: L - 6, y: Y(yStep * i) + 4, "text-anchor": "end" }, num(yStep * i)));
+  }
+  hours.forEach((p, i) => {
+    const x = L + i * bw;
+    const bar = h("svg:rect", { class: i === peak ? "bar-peak" : "bar-hour", x: x + bw * 0.12, y: Y(p.events),
+      width: bw * 0.76, height: Math.max(0, Y(0) - Y(p.events)), "data-hour": i, "data-events": p.events });
+    bar.append(h("svg:title", {}, `${hhmm(p.hour_ms)} UTC: ${num(p.events)} events, ${money(p.revenue_cents)}, ${num(p.sessions_started)} sessions started`));
+    svg.append(bar);
+    if (i % (W < 500 ? 6 : 3) === 0) svg.append(h("svg:text", { x: x + bw / 2, y: H - 6, "text-anchor": "middle" }, hhmm(p.hour_ms)));
+  });
+  el.replaceChildren(svg);
+}
+
+function renderHourly(hr) {
+  setText("hourly-day", hr.day + " · events per UTC hour");
+  const el = $("peak");
+  if (hr.peak === null) {
+    el.replaceChildren();
+  } else {
+    const p = hr.hours[hr.peak];
+    el.replaceChildren("Peak hour ",
+      h("strong", { "data-testid": "peak-hour" }, hhmm(p.hour_ms) + "–" + hhmm(p.hour_ms + 3600000) + " UTC"),
+      " · ", h("span", { "data-testid": "peak-events" }, num(p.events)), " events · ",
+      h("span", { "data-testid": "peak-revenue" }, money(p.revenue_cents)), " · ",
+      num(p.sessions_started) + " sessions started");
+  }
+  barChart($("chart-hourly"), hr.hours, hr.peak, "No events on " + hr.day + ".");
 }
 
 function renderFunnel(f) {

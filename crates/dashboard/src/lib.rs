@@ -160,6 +160,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/throughput", get(api_throughput))
         .route("/api/conversion", get(api_conversion))
         .route("/api/funnel", get(api_funnel))
+        .route("/api/hourly", get(api_hourly))
         .route("/api/top-products", get(api_top_products))
         .route("/api/alerts", get(api_alerts))
         .route("/api/health", get(api_health))
@@ -335,6 +336,17 @@ async fn api_funnel(
     let c = app.db.client().await?;
     let anchor = queries::anchor(&c).await?;
     Ok(Json(queries::funnel(&c, anchor, date.as_deref()).await?))
+}
+
+async fn api_hourly(
+    State(app): State<AppState>,
+    q: Result<Query<DayParams>, QueryRejection>,
+) -> ApiResult<queries::Hourly> {
+    let p = params(q)?;
+    let date = p.date.as_deref().map(queries::parse_date).transpose()?;
+    let c = app.db.client().await?;
+    let anchor = queries::anchor(&c).await?;
+    Ok(Json(queries::hourly(&c, anchor, date.as_deref()).await?))
 }
 
 async fn api_throughput(

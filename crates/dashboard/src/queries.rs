@@ -398,6 +398,114 @@ pub async fn funnel(
     })
 }
 
+/// One UTC hour of a day.
+#[derive(Debug, Clone, Serialize)]
+pub struct HourPoint {
+    /// Hour start, epoch milliseconds.
+    pub hour_ms: i64,
+    /// All events of the hour (every type, bots included, as in `metrics_minute`).
+    pub events: i64,
+    /// Page views.
+    pub page_views: i64,
+    /// Cart additions.
+    pub cart_adds: i64,
+    /// Purchased order lines.
+    pub purchases: i64,
+    /// Revenue in cents.
+    pub revenue_cents: i64,
+    /// Human sessions that started in the hour.
+    pub sessions_started: i64,
+}
+
+/// A day's hours and its peak.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hourly {
+    /// The day, `YYYY-MM-DD`.
+    pub day: String,
+    /// The 24 hours of the day, in order (zero where nothing happened).
+    pub hours: Vec<HourPoint>,
+    /// Index into `hours` of the hour with the most events (the earlier on a tie, as dbt's
+    /// `hourly_stats.is_peak_hour`); `None` for a day without events.
+    pub peak: Option<usize>,
+}
+
+/// Per-hour events, revenue and sessions of `date` (or the anchor's day), and its peak
+/// hour.
+pub async fn hourly(
+    c: &Client,
+    anchor: Option<f64>,
+    date: Option<&str>,
+) -> Result<Hourly, ApiError> {
+    let events = format!(
+        "WITH d AS (SELECT {DAY_SQL} AS day)
+         SELECT d.day::text, extract(epoch FROM d.day::timestamptz)::int8,
+                extract(hour FROM m.minute AT TIME ZONE 'UTC')::int4,
+                sum(m.events)::int8,
+                sum(m.events) FILTER (WHERE m.event_type = 'page_view')::int8,
+                sum(m.events) FILTER (WHERE m.event_type = 'add_to_cart')::int8,
+                sum(m.events) FILTER (WHERE m.event_type = 'purchase')::int8,
+                sum(m.revenue_cents)::int8
+           FROM d LEFT JOIN analytics.metrics_minute m
+             ON m.minute >= d.day::timestamptz AND m.minute < (d.day + 1)::timestamptz
+          GROUP BY 1, 2, 3"
+    );
+    let sessions = format!(
+        "WITH d AS (SELECT {DAY_SQL} AS day)
+         SELECT extract(hour FROM s.session_start AT TIME ZONE 'UTC')::int4, count(*)
+           FROM d JOIN analytics.sessions s
+             ON NOT s.is_bot AND s.session_start >= d.day::timestamptz
+            AND s.session_start < (d.day + 1)::timestamptz
+          GROUP BY 1"
+    );
+    let day: [&(dyn ToSql + Sync); 2] = [&date, &anchor];
+    let (rows, srows) = tokio::try_join!(c.query(&events, &day), c.query(&sessions, &day))?;
+    // The LEFT JOIN always yields the day, even without events.
+    let (day, day_start): (String, i64) = rows
+        .first()
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or_default();
+    let mut hours: Vec<HourPoint> = (0..24i64)
+        .map(|h| HourPoint {
+            hour_ms: (day_start + h * 3600) * 1000,
+            events: 0,
+            page_views: 0,
+            cart_adds: 0,
+            purchases: 0,
+            revenue_cents: 0,
+            sessions_started: 0,
+        })
+        .collect();
+    let slot = |h: Option<i32>| usize::try_from(h?).ok().filter(|&i| i < 24);
+    for r in &rows {
+        let Some(i) = slot(r.get(2)) else { continue };
+        let n = |k: usize| r.get::<_, Option<i64>>(k).unwrap_or(0);
+        let p = &mut hours[i];
+        (p.events, p.page_views, p.cart_adds) = (n(3), n(4), n(5));
+        (p.purchases, p.revenue_cents) = (n(6), n(7));
+    }
+    for r in &srows {
+        if let Some(i) = slot(r.get(0)) {
+            hours[i].sessions_started = r.get(1);
+        }
+    }
+    Ok(Hourly {
+        day,
+        peak: peak_hour(&hours),
+        hours,
+    })
+}
+
+/// The busiest hour by events; the earlier one on a tie; none without events.
+fn peak_hour(hours: &[HourPoint]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, h) in hours.iter().enumerate() {
+        if h.events > 0 && best.is_none_or(|b| h.events > hours[b].events) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
 /// What top products are ranked by.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -667,6 +775,29 @@ mod tests {
         assert_eq!(check_limit(Some(MAX_TOP), 10, MAX_TOP).unwrap(), MAX_TOP);
         assert!(check_limit(Some(-1), 10, MAX_TOP).is_err());
         assert!(check_limit(Some(MAX_TOP + 1), 10, MAX_TOP).is_err());
+    }
+
+    #[test]
+    fn the_peak_hour_is_the_busiest_and_the_earlier_on_a_tie() {
+        let hours = |events: &[i64]| -> Vec<HourPoint> {
+            events
+                .iter()
+                .enumerate()
+                .map(|(i, &events)| HourPoint {
+                    hour_ms: i as i64 * 3_600_000,
+                    events,
+                    page_views: events,
+                    cart_adds: 0,
+                    purchases: 0,
+                    revenue_cents: 0,
+                    sessions_started: 0,
+                })
+                .collect()
+        };
+        assert_eq!(peak_hour(&hours(&[0; 24])), None);
+        assert_eq!(peak_hour(&hours(&[3, 9, 9, 1])), Some(1));
+        assert_eq!(peak_hour(&hours(&[0, 0, 0, 4])), Some(3));
+        assert_eq!(peak_hour(&hours(&[])), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use crate::error::ApiError;
-use crate::queries::{self, Alerts, ConversionPoint, Funnel, Health, Overview, RankBy};
+use crate::queries::{self, Alerts, ConversionPoint, Funnel, Health, Hourly, Overview, RankBy};
 use crate::queries::{ThroughputPoint, TopProduct};
 use crate::AppState;
 
@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub conversion: Vec<ConversionPoint>,
     /// Today's funnel.
     pub funnel: Funnel,
+    /// Today's hours and peak hour.
+    pub hourly: Hourly,
     /// Top products by views, last hour.
     pub top_by_views: Vec<TopProduct>,
     /// Top products by revenue, last hour.
@@ -56,11 +58,22 @@ pub async fn build(app: &AppState) -> Result<Snapshot, ApiError> {
     let c = app.db.client().await?;
     let anchor = queries::anchor(&c).await?;
     let ends = app.end_offsets.fetch();
-    let (overview, throughput, conversion, funnel, top_by_views, top_by_revenue, alerts, ends) = tokio::join!(
+    let (
+        overview,
+        throughput,
+        conversion,
+        funnel,
+        hourly,
+        top_by_views,
+        top_by_revenue,
+        alerts,
+        ends,
+    ) = tokio::join!(
         queries::overview(&c, anchor, None),
         queries::throughput(&c, anchor, SNAPSHOT_MINUTES),
         queries::conversion(&c, anchor, SNAPSHOT_MINUTES),
         queries::funnel(&c, anchor, None),
+        queries::hourly(&c, anchor, None),
         queries::top_products(&c, anchor, SNAPSHOT_MINUTES, SNAPSHOT_TOP, RankBy::Views),
         queries::top_products(&c, anchor, SNAPSHOT_MINUTES, SNAPSHOT_TOP, RankBy::Revenue),
         queries::alerts(&c, SNAPSHOT_ALERTS),
@@ -74,6 +87,7 @@ pub async fn build(app: &AppState) -> Result<Snapshot, ApiError> {
         throughput: throughput?,
         conversion: conversion?,
         funnel: funnel?,
+        hourly: hourly?,
         top_by_views: top_by_views?,
         top_by_revenue: top_by_revenue?,
         alerts: alerts?,
