@@ -105,3 +105,22 @@ airflow_venv() {
     fi
     echo "$venv"
 }
+
+# Superset for the dashboard-export test (deploy/superset/), pinned by a frozen constraints
+# file (Superset's own ranges admit releases that break it), in a venv outside the clone.
+SUPERSET_VERSION=6.1.0
+superset_venv() {
+    local venv="$CACHE/venv-superset" constraints pins
+    constraints="$ROOT/deploy/superset/constraints-$SUPERSET_VERSION-py3.11.txt"
+    pins="apache-superset==$SUPERSET_VERSION $(sha256sum "$constraints" | cut -c1-16)"
+    if [ ! -x "$venv/bin/superset" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
+        apt_ensure python3-venv >&2
+        log "creating the Superset venv in $venv (apache-superset $SUPERSET_VERSION, about a minute)" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check "apache-superset==$SUPERSET_VERSION" \
+            -r "$constraints" -c "$constraints" >&2
+        echo "$pins" > "$venv/.pins"
+    fi
+    echo "$venv"
+}

@@ -2,7 +2,7 @@
 # Installs what building and testing needs on a fresh Debian/Ubuntu machine: the C toolchain
 # and headers rdkafka's vendored librdkafka build wants, Rust's rustfmt and clippy, Python's
 # YAML module for the compose check, Chromium for the browser tests, and the pinned venvs
-# of dbt + DuckDB (dbt/) and Airflow (dags/). Fast and silent when everything is already there.
+# of dbt + DuckDB (dbt/), Airflow (dags/) and Superset (deploy/superset/). Fast and silent when everything is already there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -15,7 +15,8 @@ if command -v rustup >/dev/null; then
         rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
     done
 fi
-# dbt with DuckDB for the analysts' models (dbt/) and Airflow for the DAG (dags/), pinned,
+# dbt with DuckDB (dbt/), Airflow for the DAG (dags/), Superset for its export, pinned,
 # cached outside the clone.
 dbt_venv >/dev/null
 airflow_venv >/dev/null
+superset_venv >/dev/null

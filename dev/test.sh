@@ -10,10 +10,12 @@ cd "$ROOT"
 dev/setup.sh
 dev/stack.sh up
 load_env
-# The dbt and Airflow tests (crates/cli/tests/{dbt,airflow}.rs) run these venvs' tools.
+# The dbt, Airflow and Superset tests (crates/cli/tests/{dbt,airflow,superset}.rs) run
+# these venvs' tools.
 CLICKSTREAM_DBT_VENV=$(dbt_venv)
 CLICKSTREAM_AIRFLOW_VENV=$(airflow_venv)
-export CLICKSTREAM_DBT_VENV CLICKSTREAM_AIRFLOW_VENV
+CLICKSTREAM_SUPERSET_VENV=$(superset_venv)
+export CLICKSTREAM_DBT_VENV CLICKSTREAM_AIRFLOW_VENV CLICKSTREAM_SUPERSET_VENV
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
