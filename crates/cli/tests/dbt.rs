@@ -52,11 +52,21 @@ fn run(cmd: &mut Command) {
 #[tokio::test(flavor = "multi_thread")]
 async fn dbt_builds_on_a_seeded_lake_and_agrees_with_the_rust_gold() {
     let s = services();
+    let db = TestDb::create(&s).await;
     let topic = unique("dbt");
     // Two and a half days of event time ending yesterday (inside the contract's 7 days).
     let today = EventTime::now().as_micros().div_euclid(DAY_MICROS) * DAY_MICROS;
     let start = EventTime::from_micros(today - 3 * DAY_MICROS);
-    generate_seeded(&s, &topic, 120_000, 11, &start.to_string(), 1, None);
+    // The generator also writes its catalog into the database's `dim_product`.
+    generate_seeded(
+        &s,
+        &topic,
+        120_000,
+        11,
+        &start.to_string(),
+        1,
+        Some(&db.writer_url),
+    );
     let work = std::env::temp_dir().join(unique("dbt"));
     let lake = work.join("lake");
     run(clickstream()
@@ -71,11 +81,25 @@ async fn dbt_builds_on_a_seeded_lake_and_agrees_with_the_rust_gold() {
     let days: Vec<String> = (0..2)
         .map(|d| EventTime::from_micros(start.as_micros() + d * DAY_MICROS).date_string())
         .collect();
-    for day in &days {
-        run(clickstream()
-            .args(["batch", "--date", day, "--lake-dir", lake.to_str().unwrap()])
-            .arg("--no-postgres"));
-    }
+    // The first day with the database (gold tables + catalog snapshot), the second without.
+    run(clickstream()
+        .args([
+            "batch",
+            "--date",
+            &days[0],
+            "--lake-dir",
+            lake.to_str().unwrap(),
+        ])
+        .args(["--database-url", &db.writer_url]));
+    run(clickstream()
+        .args([
+            "batch",
+            "--date",
+            &days[1],
+            "--lake-dir",
+            lake.to_str().unwrap(),
+        ])
+        .arg("--no-postgres"));
 
     let build = dbt(&project(), &lake, &work, &["build"]);
     let out = text(&build);
@@ -92,6 +116,47 @@ async fn dbt_builds_on_a_seeded_lake_and_agrees_with_the_rust_gold() {
     }
     assert!(out.contains("daily_funnel_equals_rust_gold"), "{out}");
     assert!(out.contains("ERROR=0"), "{out}");
+    // Product 360 carries the catalog's attributes, as PostgreSQL's dim_product has them.
+    let c = connect(&db.admin_url).await;
+    let (catalog_products, sample, name, price_cents): (i64, String, String, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM analytics.dim_product), product_id, name,
+                        (price * 100)::int8
+                   FROM analytics.dim_product ORDER BY popularity_rank LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert!(catalog_products > 100, "{catalog_products}");
+    let py = format!(
+        "import duckdb; c = duckdb.connect('{}', read_only=True); \
+         print(c.sql(\"select count(*), count(name), max(name) filter (where product_id = '{sample}'), \
+         max(list_price_cents) filter (where product_id = '{sample}'), \
+         min(popularity_rank) from dim_product\").fetchone())",
+        work.join("clickstream.duckdb").display()
+    );
+    let out = Command::new(venv().join("bin/python"))
+        .args(["-c", &py])
+        .output()
+        .unwrap();
+    let got = text(&out);
+    let (products, named): (i64, i64) = {
+        let t = got.trim().trim_matches(|c| c == '(' || c == ')');
+        let mut it = t.split(", ");
+        (
+            it.next().unwrap().parse().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+        )
+    };
+    assert!(products > 0 && named == products, "{got}");
+    assert!(
+        got.contains(&format!("'{name}', {price_cents}, 1)")),
+        "{got} vs {sample} {name} {price_cents}"
+    );
+
     let docs = dbt(&project(), &lake, &work, &["docs", "generate"]);
     assert!(docs.status.success(), "{}", text(&docs));
     assert!(work.join("target/catalog.json").exists());
@@ -151,4 +216,5 @@ async fn dbt_builds_on_a_seeded_lake_and_agrees_with_the_rust_gold() {
     );
 
     let _ = std::fs::remove_dir_all(&work);
+    db.drop().await;
 }

@@ -1,7 +1,8 @@
 //! `clickstream batch --date D`: reads the day's silver, deduplicates by event key
 //! (id and event time),
 //! computes [`crate::gold`], and writes it as Parquet under `gold/` and into PostgreSQL's
-//! `analytics.gold_*` tables. Idempotent: a re-run replaces the day's files (same bytes for
+//! `analytics.gold_*` tables; with a database it also snapshots the product catalog into
+//! `gold/dim_product/`. Idempotent: a re-run replaces the day's files (same bytes for
 //! the same silver) and rows (delete + insert in one transaction).
 
 use std::fs::File;
@@ -94,6 +95,7 @@ pub async fn run(
     write_parquet(lake, &g)?;
     if let Some(client) = db {
         write_postgres(client, &g).await?;
+        write_catalog(lake, day, client).await?;
     }
     let report = BatchReport {
         day: day.to_string(),
@@ -225,6 +227,38 @@ fn write_table(lake: &Lake, table: &str, day: &str, cols: Columns) -> Result<Pat
     std::fs::rename(&tmp, &dest).map_err(|e| LakeError::io(&dest, e))?;
     sync_dir(&dir).map_err(|e| LakeError::io(&dir, e))?;
     Ok(dest)
+}
+
+/// Snapshots `analytics.dim_product` (the shop's catalog: name, category, list price,
+/// popularity rank) into `gold/dim_product/date=<day>/`, so the lake's readers (dbt's
+/// product 360) have the catalog's attributes without a database connection, and a day's
+/// numbers can be read with the catalog as it was that day. Returns the number of products.
+pub async fn write_catalog(lake: &Lake, day: &str, client: &Client) -> Result<usize, LakeError> {
+    let rows = client
+        .query(
+            "SELECT product_id, name, category, (price * 100)::int8, popularity_rank
+               FROM analytics.dim_product ORDER BY product_id",
+            &[],
+        )
+        .await
+        .map_err(|e| LakeError::Postgres(clickstream_db::pg_detail(&e)))?;
+    let n = rows.len();
+    write_table(
+        lake,
+        "dim_product",
+        day,
+        vec![
+            ("product_id", strs(rows.iter().map(|r| r.get(0)))),
+            ("name", strs(rows.iter().map(|r| r.get(1)))),
+            ("category", strs(rows.iter().map(|r| r.get(2)))),
+            ("list_price_cents", i64s(rows.iter().map(|r| r.get(3)))),
+            (
+                "popularity_rank",
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.get(4)))),
+            ),
+        ],
+    )?;
+    Ok(n)
 }
 
 /// The gold tables of `g` as Parquet.

@@ -1,6 +1,9 @@
--- Product 360: every product seen in the lake with its category, lifetime views, cart
--- additions, orders, order lines, units and revenue, the view -> cart -> purchase rates,
--- distinct viewers and buyers, and when it was first and last seen.
+-- Product 360: every product seen in the lake with its lifetime views, cart additions,
+-- orders, order lines, units and revenue, the view -> cart -> purchase rates, distinct
+-- viewers and buyers, when it was first and last seen, and the catalog's attributes (name,
+-- list price, popularity rank) from the newest catalog snapshot the daily batch wrote to
+-- gold/dim_product (null when there is none, e.g. a lake batched without a database).
+with activity as (
 select
     product_id,
     mode(category) as category,
@@ -20,3 +23,27 @@ select
 from {{ ref('stg_events') }}
 where product_id is not null
 group by product_id
+)
+{% if lake_has('gold/dim_product') %}
+, snapshots as (
+    select * from {{ lake('gold/dim_product') }}
+), catalog as (
+    select * from snapshots where date = (select max(date) from snapshots)
+)
+select
+    a.*,
+    c.name,
+    c.category as catalog_category,
+    c.list_price_cents,
+    c.popularity_rank
+from activity a
+left join catalog c using (product_id)
+{% else %}
+select
+    a.*,
+    null::varchar as name,
+    null::varchar as catalog_category,
+    null::bigint as list_price_cents,
+    null::integer as popularity_rank
+from activity a
+{% endif %}
