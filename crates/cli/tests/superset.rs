@@ -268,11 +268,23 @@ async fn superset_imports_the_export_and_renders_every_chart_from_postgres() {
             .map(|c| c["text"].as_str().unwrap().to_string())
             .unwrap()
     };
-    let revenue = text_of("Revenue, last 7 days");
+    // The big number's value can appear a moment after its chart stopped loading.
+    let want_revenue = dollars(revenue_cents);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut revenue = text_of("Revenue, last 7 days");
+    while !revenue.contains('$') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        revenue = b
+            .eval(
+                "[...document.querySelectorAll('.dashboard-component-chart-holder')].find((h) => h.innerText.includes('Revenue, last 7 days')).innerText",
+            )
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
     assert!(
-        revenue.contains(&dollars(revenue_cents)),
-        "Superset shows {revenue:?}, the raw events say {}",
-        dollars(revenue_cents)
+        revenue.contains(&want_revenue),
+        "Superset shows {revenue:?}, the raw events say {want_revenue}"
     );
     let top = text_of("Top products by revenue, last 7 days");
     let first_row = b.eval(
