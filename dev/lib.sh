@@ -35,6 +35,21 @@ ensure_env() {
     (umask 077 && printf '%s' "$out" > "$ROOT/.env")
 }
 
+# Reads a password on stdin, prints its PostgreSQL SCRAM-SHA-256 verifier (random salt,
+# 4096 iterations), so scripts can set role passwords without sending them.
+scram_verifier() {
+    python3 -c '
+import base64, hashlib, hmac, os, sys
+pw = sys.stdin.read().encode()
+salt = os.urandom(16)
+salted = hashlib.pbkdf2_hmac("sha256", pw, salt, 4096)
+client = hmac.new(salted, b"Client Key", "sha256").digest()
+server = hmac.new(salted, b"Server Key", "sha256").digest()
+b = lambda x: base64.b64encode(x).decode()
+print("SCRAM-SHA-256$4096:%s$%s:%s" % (b(salt), b(hashlib.sha256(client).digest()), b(server)))
+'
+}
+
 # Exports every variable of .env (with ${VAR} references expanded, as dotenv and compose do).
 load_env() {
     ensure_env

@@ -6,7 +6,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-apt_ensure build-essential cmake libcurl4-openssl-dev pkg-config python3-yaml chromium
+apt_ensure build-essential cmake libcurl4-openssl-dev libssl-dev pkg-config python3-yaml chromium
 if ! command -v cargo >/dev/null; then
     die "Rust is not installed: see https://rustup.rs (stable toolchain)"
 fi

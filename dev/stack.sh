@@ -16,6 +16,31 @@ set -euo pipefail
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
 KDIR=$STATE/kafka
 KLIBS=$CACHE/kafka-$KAFKA_VERSION/libs
+TLS=$STATE/tls
+
+# A throwaway CA and a server certificate for localhost / 127.0.0.1 (made once, kept in
+# .dev/tls): PostgreSQL's TLS and Kafka's SASL_SSL listener use it; clients trust ca.pem.
+tls_certs() {
+    [ -f "$TLS/kafka-keystore.pem" ] && return 0
+    command -v openssl >/dev/null || apt_ensure openssl
+    mkdir -p "$TLS"
+    chmod 700 "$TLS"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=clickstream local CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+        -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null || die "openssl could not make the CA"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$TLS/server.key" -out "$TLS/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$TLS/server.ext"
+    openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$TLS/server.ext" -out "$TLS/server.pem" 2>/dev/null \
+        || die "openssl could not sign the server certificate"
+    # Kafka's PEM keystore: the unencrypted PKCS#8 key, then the certificate chain.
+    openssl pkcs8 -topk8 -nocrypt -in "$TLS/server.key" > "$TLS/kafka-keystore.pem"
+    cat "$TLS/server.pem" "$TLS/ca.pem" >> "$TLS/kafka-keystore.pem"
+    chmod 600 "$TLS"/*.key "$TLS/kafka-keystore.pem"
+    chmod 644 "$TLS/ca.pem" "$TLS/server.pem"
+    log "made a throwaway CA and a localhost certificate in $TLS (clients trust $TLS/ca.pem)"
+}
 
 pg_bindir() {
     local d
@@ -77,11 +102,16 @@ kafka_up() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://localhost:$KAFKA_SASL_SSL_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS/kafka-keystore.pem
 log.dirs=$KDIR/data
 num.partitions=$CLICKSTREAM_PARTITIONS
 offsets.topic.replication.factor=1
@@ -105,6 +135,10 @@ rootLogger.appenderRef.file.ref = file
 logger.state.name = state.change.logger
 logger.state.level = WARN
 PROPS
+    if kafka_pid >/dev/null && ! port_open 127.0.0.1 "$KAFKA_SASL_SSL_PORT"; then
+        log "restarting Kafka to add the SASL_SSL listener on $KAFKA_SASL_SSL_PORT"
+        kafka_down
+    fi
     if kafka_pid >/dev/null; then
         log "kafka already running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"
         return 0
@@ -124,6 +158,29 @@ PROPS
         >"$KDIR/logs/stdout.log" 2>&1 </dev/null &
     echo $! > "$KDIR/kafka.pid"
     wait_port 127.0.0.1 "$KAFKA_PORT" 90 || die "kafka did not open port $KAFKA_PORT; see $KDIR/logs/server.log"
+    wait_port 127.0.0.1 "$KAFKA_SASL_SSL_PORT" 30 || die "kafka did not open its SASL_SSL port $KAFKA_SASL_SSL_PORT; see $KDIR/logs/server.log"
+}
+
+# The SCRAM user of the SASL_SSL listener (SHA-256 and SHA-512), password from .env.
+# (ConfigCommand mangles SCRAM entries read with --add-config-file, so the password is an
+# argument for the moment the command runs: a local development stack only.)
+scram_user() {
+    local i m ok
+    : > "$KDIR/logs/scram.log"
+    for m in SCRAM-SHA-256 SCRAM-SHA-512; do
+        ok=0
+        for i in $(seq 1 30); do
+            if kafka_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+                --entity-type users --entity-name "$KAFKA_SCRAM_USER" \
+                --add-config "$m=[password=$KAFKA_SCRAM_PASSWORD]" >>"$KDIR/logs/scram.log" 2>&1; then
+                ok=1
+                break
+            fi
+            sleep 1
+        done
+        [ $ok -eq 1 ] || die "could not create the SCRAM user $KAFKA_SCRAM_USER; see $KDIR/logs/scram.log"
+    done
+    log "SASL_SSL listener: localhost:$KAFKA_SASL_SSL_PORT, SCRAM user $KAFKA_SCRAM_USER, CA $TLS/ca.pem"
 }
 
 create_topics() {
@@ -179,12 +236,41 @@ pg_up() {
             -o "-p $POSTGRES_PORT -k $sock -c listen_addresses=127.0.0.1 -c max_connections=200 $PG_TUNING" \
             start >/dev/null || die "postgres did not start; see $data/server.log"
     fi
-    # Keep the admin password in step with .env, and make sure the database exists.
-    psql_admin -c "ALTER ROLE \"$POSTGRES_USER\" PASSWORD '$POSTGRES_PASSWORD'" >/dev/null
+    # Keep the admin password in step with .env: a SCRAM verifier computed here, sent on
+    # stdin, so the password is neither on a command line nor in the server's statements.
+    printf 'ALTER ROLE "%s" PASSWORD %s\n' "$POSTGRES_USER" "'$(printf '%s' "$POSTGRES_PASSWORD" | scram_verifier)'" \
+        | psql_admin >/dev/null
+    pg_tls "$data"
     if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$POSTGRES_DB'")" != "1" ]; then
         psql_admin -c "CREATE DATABASE \"$POSTGRES_DB\"" >/dev/null
         log "created database $POSTGRES_DB"
     fi
+}
+
+# TLS on (the throwaway CA's localhost certificate) and one TLS-only database,
+# `clickstream_tls`, whose connections must be hostssl + SCRAM (the secure end-to-end test
+# uses it). Applied with a reload, so a running server picks it up too.
+pg_tls() {
+    local data=$1 hba
+    install -m 600 "$TLS/server.pem" "$data/clickstream-server.crt"
+    install -m 600 "$TLS/server.key" "$data/clickstream-server.key"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$data/clickstream-server.crt" "$data/clickstream-server.key"
+    hba="$data/pg_hba.conf"
+    if ! grep -q clickstream_tls "$hba"; then
+        { printf '# clickstream: the TLS-only database\n'
+          printf 'hostnossl clickstream_tls all all reject\n'
+          printf 'hostssl   clickstream_tls all all scram-sha-256\n'
+          cat "$hba"; } > "$hba.new"
+        mv "$hba.new" "$hba"
+        [ "$(id -u)" -eq 0 ] && chown postgres: "$hba"
+    fi
+    psql_admin >/dev/null <<SQL
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = 'clickstream-server.crt';
+ALTER SYSTEM SET ssl_key_file = 'clickstream-server.key';
+ALTER SYSTEM SET ssl_min_protocol_version = 'TLSv1.2';
+SELECT pg_reload_conf();
+SQL
 }
 
 cmd_up() {
@@ -192,14 +278,15 @@ cmd_up() {
     install_deps
     fetch_kafka
     mkdir -p "$STATE"
+    tls_certs
     pg_up
     kafka_up
     create_topics
+    scram_user
     log "stack up: kafka 127.0.0.1:$KAFKA_PORT, postgres 127.0.0.1:$POSTGRES_PORT/$POSTGRES_DB"
 }
 
-cmd_down() {
-    load_env
+kafka_down() {
     local pid i
     if pid=$(kafka_pid); then
         log "stopping kafka (pid $pid)"
@@ -208,6 +295,11 @@ cmd_down() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$KDIR/kafka.pid"
+}
+
+cmd_down() {
+    load_env
+    kafka_down
     local bin data
     bin=$(pg_bindir || true)
     data=$(pg_data)

@@ -21,9 +21,8 @@ pub struct CollectArgs {
         default_value = "127.0.0.1:8090"
     )]
     listen: SocketAddr,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
+    #[command(flatten)]
+    kafka: crate::kafka_args::KafkaArgs,
     /// Topic events are produced to.
     #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
     topic: String,
@@ -92,9 +91,6 @@ pub struct CollectArgs {
     /// Serve the demo shop (needs --database-url).
     #[arg(long)]
     demo_shop: bool,
-    /// Extra librdkafka producer properties (`key=value`).
-    #[arg(long = "kafka-property", value_parser = crate::parse_kv)]
-    kafka_properties: Vec<(String, String)>,
     #[command(flatten)]
     contract: crate::ContractArgs,
 }
@@ -133,11 +129,10 @@ pub async fn run(args: CollectArgs) -> anyhow::Result<()> {
     let config = CollectorConfig {
         listen: args.listen,
         kafka: KafkaSettings {
-            bootstrap: args.bootstrap,
+            connection: args.kafka.checked().await?,
             topic: args.topic,
             dlq_topic: args.dlq_topic,
             delivery_timeout: args.kafka_timeout,
-            extra: args.kafka_properties,
         },
         demo_key: keys.keys().next().cloned(),
         write_keys: keys,

@@ -141,9 +141,8 @@ pub struct GenerateArgs {
     /// Output file for `--sink file`.
     #[arg(long, required_if_eq("sink", "file"))]
     file: Option<PathBuf>,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
+    #[command(flatten)]
+    kafka: crate::kafka_args::KafkaArgs,
     /// Topic for raw events.
     #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
     topic: String,
@@ -159,9 +158,6 @@ pub struct GenerateArgs {
     /// Producer linger (batching delay) in milliseconds.
     #[arg(long, default_value_t = 20)]
     linger_ms: u32,
-    /// Extra librdkafka producer property `key=value` (repeatable).
-    #[arg(long = "kafka-opt", value_parser = crate::parse_kv)]
-    kafka_opts: Vec<(String, String)>,
     /// Writer connection used to upsert the catalog into `analytics.dim_product`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -244,20 +240,18 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let mut sink: Box<dyn Sink + Send> = match args.sink {
         SinkKind::Kafka => {
-            ensure_topic(
-                &args.bootstrap,
-                &args.topic,
-                args.partitions,
-                args.replication,
-            )
-            .await
-            .with_context(|| format!("creating topic {} on {}", args.topic, args.bootstrap))?;
+            let connection = args.kafka.checked().await?;
+            ensure_topic(&connection, &args.topic, args.partitions, args.replication)
+                .await
+                .map_err(|e| crate::kafka_error(e, &connection))
+                .with_context(|| {
+                    format!("creating topic {} on {}", args.topic, connection.describe())
+                })?;
             Box::new(KafkaSink::new(&KafkaSettings {
-                bootstrap: args.bootstrap.clone(),
+                connection,
                 topic: args.topic.clone(),
                 compression: args.compression.clone(),
                 linger_ms: args.linger_ms,
-                extra: args.kafka_opts.clone(),
             })?)
         }
         SinkKind::File => {

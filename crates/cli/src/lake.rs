@@ -13,9 +13,8 @@ use clickstream_lake::{LakeWriter, WriterConfig};
 /// Settings of `clickstream lake`.
 #[derive(Debug, Args)]
 pub struct LakeArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    bootstrap: String,
+    #[command(flatten)]
+    kafka: crate::kafka_args::KafkaArgs,
     /// Topic of raw events.
     #[arg(long, env = "CLICKSTREAM_RAW_TOPIC", default_value = "clickstream.raw")]
     topic: String,
@@ -72,7 +71,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
     crate::metrics_http::serve(args.metrics_addr, registry).await?;
     let cfg = WriterConfig {
         root: args.lake_dir,
-        bootstrap: args.bootstrap,
+        kafka: args.kafka.checked().await?,
         topic: args.topic,
         group: args.group,
         roll_records: args.roll_records,

@@ -4,6 +4,7 @@
 mod batch;
 mod collect;
 mod generate;
+mod kafka_args;
 mod lake;
 mod metrics_http;
 mod migrate;
@@ -69,9 +70,8 @@ enum Command {
 /// Where the processor reads from; shared by `process` and `status`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SourceArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub bootstrap: String,
+    #[command(flatten)]
+    pub kafka: kafka_args::KafkaArgs,
     /// Consumer group; processor instances with the same group share the partitions.
     #[arg(
         long,
@@ -110,6 +110,17 @@ impl ContractArgs {
 }
 
 /// Parses `key=value` (librdkafka properties).
+/// A Kafka error, with what to check when it is an authentication or TLS failure.
+pub(crate) fn kafka_error(
+    e: rdkafka::error::KafkaError,
+    connection: &clickstream_kafka::KafkaConnection,
+) -> anyhow::Error {
+    match clickstream_kafka::explain(&e, connection) {
+        Some(hint) => anyhow::Error::new(e).context(hint),
+        None => e.into(),
+    }
+}
+
 pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))

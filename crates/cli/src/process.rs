@@ -75,11 +75,6 @@ pub struct ProcessArgs {
         default_value = "127.0.0.1:9187"
     )]
     metrics_addr: SocketAddr,
-    /// Extra librdkafka consumer property `key=value` (repeatable; `security.*`,
-    /// `ssl.*`, `sasl.*`, `socket.*`, `client.*` and `broker.*` ones also reach the
-    /// dead-letter producer and topic creation).
-    #[arg(long = "kafka-opt", value_parser = crate::parse_kv)]
-    kafka_opts: Vec<(String, String)>,
     /// Longest wait between retries while batches fail (the wait starts at 200 ms and
     /// doubles per consecutive failure).
     #[arg(long, env = "CLICKSTREAM_RETRY_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -94,7 +89,7 @@ pub struct ProcessArgs {
 pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let cfg = ProcessorConfig {
-        bootstrap: args.source.bootstrap,
+        kafka: args.source.kafka.checked().await?,
         group: args.source.group,
         topic: args.source.topic,
         dlq_topic: args.dlq_topic,
@@ -118,7 +113,6 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
         instance_id: args
             .instance_id
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
-        kafka_opts: args.kafka_opts,
         retry_max_backoff: args.retry_max_backoff,
         idle_timeout: args.idle_timeout,
     };

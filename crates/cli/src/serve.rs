@@ -40,7 +40,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = ServeConfig {
         listen: args.listen,
         database_url: args.database_url,
-        bootstrap: args.source.bootstrap,
+        kafka: args.source.kafka.checked().await?,
         group: args.source.group,
         topic: args.source.topic,
         // An empty variable in .env means "no token", not "the empty token".

@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 
 /// Settings of `clickstream status`.
 #[derive(Debug, Args)]
@@ -36,17 +35,20 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     )
     .await
     .context("reading the group's progress (has `clickstream migrate` run?)")?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.source.bootstrap)
+    let kafka = args.source.kafka.checked().await?;
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .create()
         .context("creating a Kafka client")?;
     let md = tokio::task::block_in_place(|| {
         consumer.fetch_metadata(Some(&args.source.topic), Duration::from_secs(5))
     })
+    .map_err(|e| crate::kafka_error(e, &kafka))
     .with_context(|| {
         format!(
             "reading metadata of {} from {}",
-            args.source.topic, args.source.bootstrap
+            args.source.topic,
+            kafka.describe()
         )
     })?;
     let partitions: Vec<i32> = md

@@ -850,7 +850,7 @@ async fn a_full_producer_queue_is_answered_503_with_retry_after() {
         &s,
         &topic,
         &dlq,
-        &["--kafka-property", "queue.buffering.max.messages=5"],
+        &["--kafka-opt", "queue.buffering.max.messages=5"],
     );
     let r = c.post(&body(&(0..20).map(|_| page_view(1)).collect::<Vec<_>>()));
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));

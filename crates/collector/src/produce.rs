@@ -18,8 +18,8 @@ use crate::CollectorError;
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
-    /// `host:port[,host:port]`.
-    pub bootstrap: String,
+    /// Bootstrap servers and every client property (TLS, SASL, tuning).
+    pub connection: clickstream_kafka::KafkaConnection,
     /// Topic of accepted events (`clickstream.raw`).
     pub topic: String,
     /// Dead-letter topic for rejected events.
@@ -27,8 +27,6 @@ pub struct KafkaSettings {
     /// How long a record may wait for the broker's acknowledgement before the request
     /// fails with 503.
     pub delivery_timeout: Duration,
-    /// Extra librdkafka properties, applied last.
-    pub extra: Vec<(String, String)>,
 }
 
 /// Why a request's records were not all acknowledged.
@@ -69,9 +67,8 @@ const MAX_LETTER: usize = 512 * 1024;
 impl Events {
     /// Creates the producer (it connects lazily; [`Events::check`] probes the broker).
     pub fn new(s: &KafkaSettings) -> Result<Self, CollectorError> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &s.bootstrap)
-            .set("enable.idempotence", "true")
+        let mut cfg = s.connection.client_config();
+        cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             // The Java client's partitioner, as `generate` uses: one user, one partition,
             // whoever produces.
@@ -85,9 +82,7 @@ impl Events {
                 "message.timeout.ms",
                 s.delivery_timeout.as_millis().max(1).to_string(),
             );
-        for (k, v) in &s.extra {
-            cfg.set(k, v);
-        }
+        s.connection.apply_tuning(&mut cfg);
         let producer: FutureProducer = cfg.create().map_err(CollectorError::Kafka)?;
         Ok(Events {
             producer: std::sync::RwLock::new(producer),

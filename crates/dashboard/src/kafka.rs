@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 
 /// A metadata-only Kafka client (it never joins a group or reads records).
 #[derive(Clone)]
@@ -14,11 +13,14 @@ pub struct EndOffsets {
 }
 
 impl EndOffsets {
-    /// A client for `topic` on `bootstrap`. Connecting is lazy: a broker that is down now
+    /// A client for `topic` on `kafka`'s cluster. Connecting is lazy: a broker that is down now
     /// only makes [`EndOffsets::fetch`] fail.
-    pub fn new(bootstrap: &str, topic: &str) -> Result<EndOffsets, rdkafka::error::KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn new(
+        kafka: &clickstream_kafka::KafkaConnection,
+        topic: &str,
+    ) -> Result<EndOffsets, rdkafka::error::KafkaError> {
+        let consumer: BaseConsumer = kafka
+            .client_config()
             .set("client.id", "clickstream-dashboard")
             .create()?;
         Ok(EndOffsets {

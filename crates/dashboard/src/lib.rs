@@ -45,8 +45,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Reader-role PostgreSQL URL.
     pub database_url: String,
-    /// Kafka bootstrap servers (for lag).
-    pub bootstrap: String,
+    /// How to reach Kafka (for lag).
+    pub kafka: clickstream_kafka::KafkaConnection,
     /// Consumer group whose progress is shown.
     pub group: String,
     /// Raw topic.
@@ -118,7 +118,7 @@ pub async fn serve(
     let (hub, handle) = Hub::new();
     let app = AppState {
         db: Arc::new(db::Db::new(cfg.database_url.clone())),
-        end_offsets: kafka::EndOffsets::new(&cfg.bootstrap, &cfg.topic)?,
+        end_offsets: kafka::EndOffsets::new(&cfg.kafka, &cfg.topic)?,
         group: cfg.group.as_str().into(),
         topic: cfg.topic.as_str().into(),
         token: cfg.token.as_deref().map(Into::into),

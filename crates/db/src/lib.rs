@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`connect`]: open a connection from a `postgres://` URL (the driver task is spawned).
+//! - [`connect`]: open a connection from a `postgres://` URL (the driver task is spawned),
+//!   with TLS per the URL's `sslmode` ([`tls`]).
 //! - [`migrate`]: versioned, checksummed migrations from `db/migrations/`, applied under an
 //!   advisory lock; also sets the writer and reader roles' passwords.
 //! - [`catalog`]: idempotent upsert of the product catalog into `analytics.dim_product`.
@@ -12,6 +13,8 @@
 pub mod catalog;
 pub mod health;
 pub mod migrate;
+pub mod scram;
+pub mod tls;
 
 use thiserror::Error;
 use tokio_postgres::{Client, NoTls};
@@ -22,6 +25,10 @@ pub enum DbError {
     /// The URL does not parse.
     #[error("invalid database URL: {0}")]
     BadUrl(#[source] tokio_postgres::Error),
+    /// TLS settings that cannot work (unknown sslmode, unreadable CA file), or a password
+    /// that cannot be turned into a SCRAM verifier.
+    #[error("{0}")]
+    Tls(String),
     /// Could not connect, or a statement failed (retriable if the server was away).
     #[error("postgres: {}", pg_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -69,15 +76,30 @@ pub fn pg_detail(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Connects to `url` (`postgres://user:pass@host:port/db`) without TLS (loopback and
-/// compose networks); the connection driver runs as a background task.
+/// Connects to `url` (`postgres://user:pass@host:port/db[?sslmode=...&sslrootcert=...]`,
+/// TLS as libpq does it, see [`tls`]); the connection driver runs as a background task.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let config: tokio_postgres::Config = url.parse().map_err(DbError::BadUrl)?;
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "postgres connection closed");
+    let target = tls::parse(url)?;
+    let (mode, connector) = tls::connector(&target)?;
+    let mut config = target.config;
+    config.ssl_mode(mode);
+    let client = match connector {
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(drive(connection));
+            client
         }
-    });
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "postgres connection closed");
+    }
 }

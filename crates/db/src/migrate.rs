@@ -234,13 +234,15 @@ async fn apply_locked(
     Ok(report)
 }
 
-/// `ALTER ROLE ... PASSWORD` takes no bind parameters, so PostgreSQL's own `format()`
-/// quotes the identifier and the literal.
+/// Sets `role`'s password as a SCRAM verifier computed here, so the password never
+/// appears in statement text. `ALTER ROLE ... PASSWORD` takes no bind parameters, so
+/// PostgreSQL's own `format()` quotes the identifier and the literal.
 async fn set_password(client: &Client, role: &str, password: &str) -> Result<(), DbError> {
+    let verifier = crate::scram::verifier(password)?;
     let row = client
         .query_one(
             "SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', $1::text, $2::text)",
-            &[&role, &password],
+            &[&role, &verifier],
         )
         .await?;
     let stmt: String = row.get(0);

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clickstream_kafka::KafkaConnection;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
@@ -91,16 +91,14 @@ impl<W: Write> Sink for WriterSink<W> {
 /// Kafka producer settings for [`KafkaSink`].
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
-    /// `host:port[,host:port]`.
-    pub bootstrap: String,
+    /// Bootstrap servers and every client property (TLS, SASL, tuning).
+    pub connection: KafkaConnection,
     /// Target topic.
     pub topic: String,
     /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
     pub compression: String,
     /// How long the producer waits to fill a batch.
     pub linger_ms: u32,
-    /// Extra librdkafka properties (`key=value`), applied last.
-    pub extra: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -145,9 +143,8 @@ impl KafkaSink {
     /// Connects a producer (no records are sent yet).
     pub fn new(s: &KafkaSettings) -> Result<Self, SinkError> {
         let counts = Arc::new(DeliveryCounts::default());
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &s.bootstrap)
-            .set("enable.idempotence", "true")
+        let mut cfg = s.connection.client_config();
+        cfg.set("enable.idempotence", "true")
             .set("compression.type", &s.compression)
             .set("linger.ms", s.linger_ms.to_string())
             .set("batch.size", "1000000")
@@ -157,9 +154,7 @@ impl KafkaSink {
             .set("queue.buffering.max.kbytes", "65536")
             // Same key hashing as the Java client, so other producers agree on partitions.
             .set("partitioner", "murmur2_random");
-        for (k, v) in &s.extra {
-            cfg.set(k, v);
-        }
+        s.connection.apply_tuning(&mut cfg);
         let producer = cfg.create_with_context(CountingContext(counts.clone()))?;
         Ok(KafkaSink {
             producer,
@@ -219,14 +214,12 @@ impl Sink for KafkaSink {
 
 /// Creates `topic` with `partitions` partitions if it does not exist yet.
 pub async fn ensure_topic(
-    bootstrap: &str,
+    connection: &KafkaConnection,
     topic: &str,
     partitions: i32,
     replication: i32,
 ) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = connection.client_config().create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics([&new], &opts).await? {

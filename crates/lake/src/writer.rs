@@ -27,7 +27,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::layout::{sync_dir, Lake, Range};
 use crate::read::{dedup_key, DedupKey};
@@ -45,8 +45,8 @@ const WRITE_BATCH_ROWS: usize = 4096;
 pub struct WriterConfig {
     /// Lake root directory.
     pub root: PathBuf,
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// Bootstrap servers and every Kafka client property (TLS, SASL, tuning).
+    pub kafka: clickstream_kafka::KafkaConnection,
     /// Raw topic.
     pub topic: String,
     /// Consumer group (offsets committed for lag tools; the lake is authoritative).
@@ -260,9 +260,8 @@ impl LakeWriter {
 
     /// Consumes until `stop` is set, then commits every open range and returns.
     pub fn run(mut self, stop: &AtomicBool) -> Result<WriterReport, LakeError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.cfg.bootstrap)
-            .set("group.id", &self.cfg.group)
+        let mut kc = self.cfg.kafka.client_config();
+        kc.set("group.id", &self.cfg.group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             // The lake decides where to resume; if that offset is gone (retention), start at
@@ -271,8 +270,9 @@ impl LakeWriter {
             // Bounded prefetch (8 MB per partition), and no 1 s pause (librdkafka's default
             // fetch.queue.backoff.ms) each time a partition's queue is full.
             .set("queued.max.messages.kbytes", "8192")
-            .set("fetch.queue.backoff.ms", "10")
-            .create()?;
+            .set("fetch.queue.backoff.ms", "10");
+        self.cfg.kafka.apply_tuning(&mut kc);
+        let consumer: BaseConsumer = kc.create()?;
         let md = consumer.fetch_metadata(Some(&self.cfg.topic), Duration::from_secs(10))?;
         let partitions: Vec<i32> = md
             .topics()
@@ -286,7 +286,7 @@ impl LakeWriter {
                  does, or `kafka-topics.sh --bootstrap-server {bootstrap} --create --topic {topic} \
                  --partitions 6`), or name an existing topic with --topic",
                 topic = self.cfg.topic,
-                bootstrap = self.cfg.bootstrap,
+                bootstrap = self.cfg.kafka.bootstrap,
             )));
         }
         let committed = self

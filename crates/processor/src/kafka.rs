@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_postgres::Client;
 
@@ -187,9 +187,8 @@ impl DeadLetters {
     /// An idempotent producer to the configured dead-letter topic.
     pub fn new(cfg: &crate::ProcessorConfig) -> Result<Self, KafkaError> {
         let counts = Arc::new(DeliveryCounts::default());
-        let mut pc = ClientConfig::new();
-        pc.set("bootstrap.servers", &cfg.bootstrap)
-            .set("enable.idempotence", "true")
+        let mut pc = cfg.kafka.client_config();
+        pc.set("enable.idempotence", "true")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("socket.nagle.disable", "true")
@@ -197,13 +196,6 @@ impl DeadLetters {
             // An unreachable dead-letter topic is reported within seconds, not after
             // librdkafka's default five minutes, so the batch can go on without it.
             .set("message.timeout.ms", "10000");
-        for (k, v) in cfg
-            .kafka_opts
-            .iter()
-            .filter(|(k, _)| crate::run::is_common_property(k))
-        {
-            pc.set(k, v);
-        }
         let producer = pc.create_with_context(DlqContext(counts.clone()))?;
         Ok(DeadLetters {
             producer,

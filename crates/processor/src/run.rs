@@ -34,7 +34,6 @@ use crate::ProcessorError;
 use batch::InFlight;
 
 pub use batch::UNSTORABLE;
-pub(crate) use consumer::is_common_property;
 
 /// The first wait after a failure; it doubles per consecutive failure up to
 /// [`ProcessorConfig::retry_max_backoff`].
@@ -43,8 +42,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Settings of one processor instance.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    /// Kafka bootstrap servers.
-    pub bootstrap: String,
+    /// Bootstrap servers and every Kafka client property (TLS, SASL, tuning): connection
+    /// properties reach the consumer, the dead-letter producer and the admin client,
+    /// tuning only the consumer.
+    pub kafka: clickstream_kafka::KafkaConnection,
     /// Consumer group (instances in one group share the partitions).
     pub group: String,
     /// Source topic.
@@ -73,9 +74,6 @@ pub struct ProcessorConfig {
     pub session_timeout: Duration,
     /// This instance's name in heartbeats.
     pub instance_id: String,
-    /// Extra librdkafka properties (security and addressing ones also reach the
-    /// dead-letter producer and the admin client).
-    pub kafka_opts: Vec<(String, String)>,
     /// Longest wait between attempts while failing (the wait doubles per failure).
     pub retry_max_backoff: Duration,
     /// A caught-up partition without records for this long follows the processing clock

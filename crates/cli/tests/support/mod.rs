@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Where the services are.
 pub struct Services {
@@ -68,17 +68,11 @@ pub fn with_db(url: &str, db: &str) -> String {
     format!("{base}/{db}")
 }
 
+/// A connection the way the binary makes them (TLS per the URL's `sslmode`).
 pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            let why = e
-                .as_db_error()
-                .map_or(e.to_string(), |d| d.message().to_string());
-            panic!("cannot connect to PostgreSQL ({why}); is `dev/stack.sh up` running?")
-        });
-    tokio::spawn(conn);
-    client
+    clickstream_db::connect(url).await.unwrap_or_else(|e| {
+        panic!("cannot connect to PostgreSQL ({e}); is `dev/stack.sh up` running?")
+    })
 }
 
 /// A fresh database for one test, migrated by the real binary.
@@ -109,6 +103,43 @@ impl TestDb {
         assert!(
             out.status.success(),
             "migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        db
+    }
+
+    /// A fresh database `name` reached only over TLS: every URL points at `localhost` with
+    /// `sslmode=verify-full` and `ca` as `sslrootcert` (the stack's pg_hba.conf makes
+    /// `clickstream_tls` hostssl-only). Migrated over TLS by the real binary.
+    pub async fn create_tls(s: &Services, name: &str, ca: &std::path::Path) -> TestDb {
+        let admin = connect(&s.admin_url).await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .expect("create the TLS database");
+        }
+        let tls = |url: &str| {
+            format!(
+                "{}?sslmode=verify-full&sslrootcert={}",
+                with_db(url, name).replacen("@127.0.0.1:", "@localhost:", 1),
+                ca.display()
+            )
+        };
+        let db = TestDb {
+            admin_url: tls(&s.admin_url),
+            writer_url: tls(&s.writer_url),
+            reader_url: tls(&s.reader_url),
+            server_admin_url: s.admin_url.clone(),
+            name: name.to_string(),
+        };
+        let out = db.migrate();
+        assert!(
+            out.status.success(),
+            "migrate over TLS failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         db

@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset};
+use rdkafka::Offset;
 use tokio::runtime::Handle;
 
 use super::{writer_connection, Loop, Owned, Part, ProcessorConfig};
@@ -22,9 +22,8 @@ pub(super) fn create_consumer(
     cfg: &ProcessorConfig,
     ctx: RestoringContext,
 ) -> Result<BaseConsumer<RestoringContext>, ProcessorError> {
-    let mut kc = ClientConfig::new();
-    kc.set("bootstrap.servers", &cfg.bootstrap)
-        .set("group.id", &cfg.group)
+    let mut kc = cfg.kafka.client_config();
+    kc.set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -49,9 +48,7 @@ pub(super) fn create_consumer(
         // Partitions added to the topic are assigned within 30 s, not librdkafka's 5 min.
         .set("topic.metadata.refresh.interval.ms", "30000")
         .set("client.id", &cfg.instance_id);
-    for (k, v) in &cfg.kafka_opts {
-        kc.set(k, v);
-    }
+    cfg.kafka.apply_tuning(&mut kc);
     Ok(kc.create_with_context(ctx)?)
 }
 
@@ -111,7 +108,7 @@ pub(super) fn check_topics(
              generate` does, or `kafka-topics.sh --bootstrap-server {bootstrap} --create \
              --topic {topic} --partitions 6`), or name an existing topic with --topic",
             topic = cfg.topic,
-            bootstrap = cfg.bootstrap,
+            bootstrap = cfg.kafka.bootstrap,
         )));
     };
     if partition_count_patiently(consumer, &cfg.dlq_topic)?.is_none() {
@@ -122,12 +119,7 @@ pub(super) fn check_topics(
 }
 
 fn create_topic(cfg: &ProcessorConfig, topic: &str, handle: &Handle) -> Result<(), ProcessorError> {
-    let mut ac = ClientConfig::new();
-    ac.set("bootstrap.servers", &cfg.bootstrap);
-    for (k, v) in cfg.kafka_opts.iter().filter(|(k, _)| is_common_property(k)) {
-        ac.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = ac.create()?;
+    let admin: AdminClient<DefaultClientContext> = cfg.kafka.client_config().create()?;
     // -1: the broker's num.partitions and default.replication.factor.
     let topic_spec = NewTopic::new(topic, -1, TopicReplication::Fixed(-1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -139,27 +131,12 @@ fn create_topic(cfg: &ProcessorConfig, topic: &str, handle: &Handle) -> Result<(
                 return Err(ProcessorError::Config(format!(
                     "dead-letter topic `{name}` does not exist and creating it failed ({code}); \
                      create it with `kafka-topics.sh --bootstrap-server {} --create --topic {name}`",
-                    cfg.bootstrap
+                    cfg.kafka.bootstrap
                 )))
             }
         }
     }
     Ok(())
-}
-
-/// Whether a librdkafka property applies to every client (security, addressing), as
-/// opposed to consumer- or producer-only tuning.
-pub(crate) fn is_common_property(key: &str) -> bool {
-    [
-        "security.",
-        "ssl.",
-        "sasl.",
-        "client.",
-        "socket.",
-        "broker.",
-    ]
-    .iter()
-    .any(|p| key.starts_with(p))
 }
 
 impl Loop<'_> {
