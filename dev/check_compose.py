@@ -7,7 +7,10 @@
   (no host-specific absolute paths, so it works on Linux and macOS alike);
 - every depends_on target is a service, every network and named volume is declared;
 - every service is on the one named network;
-- files the Grafana provisioning references exist.
+- files the Grafana provisioning references exist;
+- safe to expose: every published port is bound to an address variable whose
+  .env.example value is 127.0.0.1, Kafka publishes nothing, every secret is used with a
+  ${VAR:?} guard, every image is pinned (no `latest`), anonymous Grafana is off by default.
 """
 import pathlib
 import re
@@ -66,9 +69,31 @@ for name, svc in services.items():
                 fail(f"{name}: bind mount {src} does not exist")
         elif src not in volumes:
             fail(f"{name}: named volume {src} is not declared")
+
+# Safe to expose.
+example_values = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", env_example, re.M))
+for name, svc in services.items():
     for port in svc.get("ports") or []:
-        if "${" not in str(port):
-            fail(f"{name}: host port {port} should come from .env")
+        m = re.match(r"^\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}:[^:]+:\d+$", str(port))
+        if not m:
+            fail(f"{name}: port {port} must be ADDR_VAR:HOST_PORT:CONTAINER_PORT with a ${{ADDR_VAR:?}} guard")
+        elif example_values.get(m.group(1)) != "127.0.0.1":
+            fail(f"{name}: {m.group(1)} must default to 127.0.0.1 in .env.example")
+    image = svc.get("image", "")
+    if image and svc.get("build") is None:
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        if not tag or tag == "latest":
+            fail(f"{name}: image {image} is not pinned to a version")
+if (services.get("kafka") or {}).get("ports"):
+    fail("kafka: publishes a port (its listeners are plain text)")
+for m in re.finditer(r"\$\{([A-Z_]*(?:PASSWORD|SECRET_KEY)[A-Z_]*)([^}]*)\}", compose_text):
+    if not m.group(2).startswith(":?"):
+        fail(f"${{{m.group(1)}}} is used without a ${{VAR:?}} guard")
+if example_values.get("GRAFANA_ANONYMOUS_ENABLED", "false") != "false":
+    fail("GRAFANA_ANONYMOUS_ENABLED must default to false")
+graf = (services.get("grafana") or {}).get("environment") or {}
+if str(graf.get("GF_AUTH_ANONYMOUS_ENABLED", "false")) not in ("false", "${GRAFANA_ANONYMOUS_ENABLED:-false}"):
+    fail("grafana: anonymous access must be off unless GRAFANA_ANONYMOUS_ENABLED says otherwise")
 
 grafana_env = set((services.get("grafana", {}).get("environment") or {}).keys())
 for path in (ROOT / "deploy/grafana/provisioning").rglob("*.yaml"):

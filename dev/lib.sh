@@ -23,6 +23,7 @@ ensure_env() {
             out+="$line"$'\n'
         done < "$ROOT/.env.example"
         [ -z "$out" ] || printf '%s' "$out" >> "$ROOT/.env"
+        chmod 600 "$ROOT/.env"
         return 0
     fi
     log "creating .env from .env.example with freshly generated passwords"

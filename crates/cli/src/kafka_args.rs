@@ -81,6 +81,11 @@ impl KafkaArgs {
                 std::fs::metadata(p).with_context(|| format!("Kafka {file} `{p}`"))?;
             }
         }
+        if c.get("sasl.password")
+            .is_some_and(clickstream_db::is_placeholder_secret)
+        {
+            anyhow::bail!("KAFKA_SASL_PASSWORD is a placeholder; set the real password");
+        }
         c.validate()?;
         Ok(c)
     }

@@ -16,6 +16,10 @@ pub struct MigrateArgs {
     /// Password to set for the read-only `clickstream_reader` role (left unchanged when absent).
     #[arg(long, env = "CLICKSTREAM_READER_PASSWORD", hide_env_values = true)]
     reader_password: Option<String>,
+    /// Statement time limit of the reader role in this database (dashboards, Grafana,
+    /// Superset, `status`): longer queries are cancelled.
+    #[arg(long, env = "CLICKSTREAM_READER_STATEMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    reader_statement_timeout: std::time::Duration,
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
@@ -25,6 +29,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let passwords = RolePasswords {
         writer: args.writer_password,
         reader: args.reader_password,
+        reader_statement_timeout: Some(args.reader_statement_timeout),
     };
     let report = migrate::apply(&mut client, &passwords).await?;
     if report.applied.is_empty() {

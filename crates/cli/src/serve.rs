@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Require this bearer token for the page and API (letters, digits, `-._~`).
     #[arg(long, env = "CLICKSTREAM_DASHBOARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve a non-loopback address without a token (only behind something else that
+    /// authenticates).
+    #[arg(long)]
+    allow_open: bool,
     /// How often open pages receive fresh numbers.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     refresh: Duration,
@@ -37,14 +41,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.refresh < Duration::from_millis(100) {
         anyhow::bail!("--refresh must be at least 100ms");
     }
+    // An empty variable in .env means "no token", not "the empty token".
+    let token = args.token.filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        if clickstream_db::is_placeholder_secret(t) {
+            anyhow::bail!("CLICKSTREAM_DASHBOARD_TOKEN is a placeholder; set a random one");
+        }
+    } else if !args.listen.ip().is_loopback() && !args.allow_open {
+        anyhow::bail!(
+            "refusing to serve {} without a token: set CLICKSTREAM_DASHBOARD_TOKEN (or pass --allow-open if something in front authenticates)",
+            args.listen
+        );
+    }
     let cfg = ServeConfig {
         listen: args.listen,
         database_url: args.database_url,
         kafka: args.source.kafka.checked().await?,
         group: args.source.group,
         topic: args.source.topic,
-        // An empty variable in .env means "no token", not "the empty token".
-        token: args.token.filter(|t| !t.is_empty()),
+        token,
         refresh: args.refresh,
         stale_after: args.stale_after,
     };

@@ -654,17 +654,41 @@ async fn api_answers_json_rejects_bad_parameters_and_enforces_the_token() {
         get(&base, "/api/overview", &[("Cookie", &cookie)], None).0,
         200
     );
-    let (status, head, body) = get(&base, &format!("/?token={TOKEN}"), &[], None);
-    assert_eq!(status, 200);
-    assert!(body.contains("<title>Clickstream"));
+    // A person opens /?token= once: the token becomes an HttpOnly, SameSite=Strict cookie
+    // and the browser goes to / (the token leaves the address bar).
+    let (status, head, _) = get(&base, &format!("/?token={TOKEN}"), &[], None);
+    assert_eq!(status, 303, "{head}");
     assert!(
-        head.contains(&format!("clickstream_token={TOKEN}")),
+        head.lines().any(|l| l.eq_ignore_ascii_case("location: /")),
         "{head}"
     );
-    assert!(head.contains("HttpOnly"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "clickstream_token={TOKEN}; Path=/; HttpOnly; SameSite=Strict"
+        )),
+        "{head}"
+    );
+    assert!(!head.contains("Secure"), "plain HTTP: {head}");
+    let (_, head, _) = get(
+        &base,
+        &format!("/?token={TOKEN}"),
+        &[("X-Forwarded-Proto", "https")],
+        None,
+    );
+    assert!(
+        head.contains("SameSite=Strict; Secure"),
+        "behind TLS: {head}"
+    );
+    let (status, head, body) = get(&base, "/", &[("Cookie", &cookie)], None);
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>Clickstream"));
     assert!(head
         .to_ascii_lowercase()
         .contains("content-security-policy"));
+    // API calls never take the token from the URL (it would land in logs).
+    let (status, _, body) = get(&base, &format!("/api/overview?token={TOKEN}"), &[], None);
+    assert_eq!(status, 401);
+    assert!(body.contains("not in the URL"), "{body}");
     // The event stream pushes a full snapshot right away.
     let (status, _, body) = get(
         &base,
@@ -677,8 +701,45 @@ async fn api_answers_json_rejects_bad_parameters_and_enforces_the_token() {
     let data = body.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
     let snap: Value = serde_json::from_str(data).unwrap();
     assert_eq!(snap["overview"]["purchases"].as_i64(), Some(t.purchases));
+
+    // Guessing: after 20 wrong tokens in a minute, this address gets 429, even with the
+    // right token, until the minute is over.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(
+            get(
+                &base,
+                "/api/overview",
+                &[("Authorization", "Bearer guess")],
+                None,
+            )
+            .0,
+        );
+    }
+    let first = statuses
+        .iter()
+        .position(|s| *s == 429)
+        .expect("429 at some point");
+    assert!(
+        (1..=20).contains(&first) && statuses[..first].iter().all(|s| *s == 401),
+        "{statuses:?}"
+    );
+    assert!(statuses[first..].iter().all(|s| *s == 429), "{statuses:?}");
+    let (status, head, _) = get(&base, "/api/overview", &[("Authorization", &bearer)], None);
+    assert_eq!(status, 429);
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
     guarded.stop();
+
+    // With the database gone, clients learn that it is unavailable, not its error text.
+    let open = Server::start(&s, &db, &pipe.topic, &pipe.group, None);
     db.drop().await;
+    let (status, _, body) = get(&open.base, "/api/overview", &[], None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "database unavailable"
+    );
+    open.stop();
 }
 
 /// Replaces the Grafana macros the provisioned dashboard uses with a range covering `day`.

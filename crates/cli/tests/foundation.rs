@@ -108,12 +108,120 @@ async fn migrate_twice_is_a_noop_and_roles_are_separated() {
         "CREATE TABLE analytics.sneaky (x int)",
     ] {
         let err = reader.execute(stmt, &[]).await.expect_err(stmt);
-        assert_eq!(
-            err.code(),
-            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        // Refused as read-only (the role's default) or for lack of the privilege.
+        assert!(
+            [
+                Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            ]
+            .contains(&err.code()),
             "{stmt}: {err}"
         );
     }
+    db.drop().await;
+}
+
+fn is_refused(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    [
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ]
+    .iter()
+    .any(|c| e.code() == Some(c))
+}
+
+#[tokio::test]
+async fn roles_have_least_privilege() {
+    use std::time::{Duration, Instant};
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let admin = connect(&db.admin_url).await;
+
+    // A no-login owner role, not the admin, owns the schema and everything in it.
+    let r = admin
+        .query_one(
+            "SELECT (SELECT nspowner = 'clickstream_owner'::regrole FROM pg_namespace
+                      WHERE nspname = 'analytics'),
+                    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = 'analytics' AND c.relkind IN ('r', 'p', 'v', 'm')
+                        AND c.relowner <> 'clickstream_owner'::regrole),
+                    (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = 'analytics' AND c.relkind IN ('r', 'p', 'v', 'm')),
+                    (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'clickstream_owner')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (schema_owned, foreign, objects, owner_login): (bool, i64, i64, bool) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert!(schema_owned && foreign == 0 && objects > 10 && !owner_login);
+
+    // The writer changes rows, never the schema.
+    let writer = connect(&db.writer_url).await;
+    for stmt in [
+        "CREATE TABLE analytics.sneaky (x int)",
+        "DROP TABLE analytics.dim_product",
+        "ALTER TABLE analytics.sessions ADD COLUMN sneaky int",
+        "TRUNCATE analytics.dim_product",
+        "CREATE TEMP TABLE sneaky (x int)",
+        "CREATE TABLE public.sneaky (x int)",
+        "CREATE INDEX sneaky ON analytics.dim_product (name)",
+        "DROP SCHEMA analytics CASCADE",
+    ] {
+        let err = writer.execute(stmt, &[]).await.expect_err(stmt);
+        assert!(is_refused(&err), "writer: {stmt}: {err}");
+    }
+
+    // The reader is read-only and time-limited, set on the role itself, so every client
+    // that logs in as it (Grafana, Superset, status) gets both.
+    let reader = connect(&db.reader_url).await;
+    let ro: String = reader
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ro, "on");
+    let t0 = Instant::now();
+    let err = reader
+        .execute("SELECT pg_sleep(20)", &[])
+        .await
+        .expect_err("a 20-second query");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    let err = reader
+        .execute(
+            "INSERT INTO analytics.dim_product VALUES ('PZ', 'n', 'toys', 1, 3, now())",
+            &[],
+        )
+        .await
+        .expect_err("reader insert");
+    assert!(is_refused(&err), "{err}");
+
+    // Nobody else may connect to the database.
+    let probe = unique("probe");
+    admin
+        .batch_execute(&format!("CREATE ROLE {probe} LOGIN PASSWORD 'probe-pw-1'"))
+        .await
+        .unwrap();
+    let (base, rest) = db.reader_url.split_once("://").unwrap();
+    let (_, host) = rest.split_once('@').unwrap();
+    let url = format!("{base}://{probe}:probe-pw-1@{host}");
+    let Err(err) = clickstream_db::connect(&url).await else {
+        panic!("a role without CONNECT connected");
+    };
+    assert!(
+        err.to_string().contains("permission denied for database"),
+        "{err}"
+    );
+    admin
+        .batch_execute(&format!("DROP ROLE {probe}"))
+        .await
+        .unwrap();
     db.drop().await;
 }
 

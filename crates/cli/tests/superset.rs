@@ -261,37 +261,20 @@ async fn superset_imports_the_export_and_renders_every_chart_from_postgres() {
             "{c:#}"
         );
     }
-    let text_of = |title: &str| -> String {
-        charts
-            .iter()
-            .find(|c| c["title"] == title)
-            .map(|c| c["text"].as_str().unwrap().to_string())
-            .unwrap()
-    };
-    // The big number's value can appear a moment after its chart stopped loading.
-    let want_revenue = dollars(revenue_cents);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut revenue = text_of("Revenue, last 7 days");
-    while !revenue.contains('$') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-        revenue = b
-            .eval(
-                "[...document.querySelectorAll('.dashboard-component-chart-holder')].find((h) => h.innerText.includes('Revenue, last 7 days')).innerText",
-            )
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-    }
+    // Values can appear a moment after a chart stopped loading: wait for each.
+    let revenue = wait_chart_text(&mut b, "Revenue, last 7 days", &dollars(revenue_cents));
     assert!(
-        revenue.contains(&want_revenue),
-        "Superset shows {revenue:?}, the raw events say {want_revenue}"
+        revenue.contains(&dollars(revenue_cents)),
+        "Superset shows {revenue:?}, the raw events say {}",
+        dollars(revenue_cents)
     );
-    let top = text_of("Top products by revenue, last 7 days");
+    let top = wait_chart_text(&mut b, "Top products by revenue, last 7 days", &best);
     let first_row = b.eval(
         "[...document.querySelectorAll('.dashboard-component-chart-holder')].find((h) => h.innerText.includes('Top products by revenue')).querySelector('table tbody tr td').innerText",
     );
     assert_eq!(first_row, Value::String(best.clone()), "{top}");
-    assert!(text_of("Daily funnel (gold batch)").contains("12345"));
+    let gold = wait_chart_text(&mut b, "Daily funnel (gold batch)", "12345");
+    assert!(gold.contains("12345"), "{gold}");
     // Superset's pages link Google Fonts, which this offline machine cannot resolve.
     let errors: Vec<String> = b
         .page_errors()
@@ -302,6 +285,21 @@ async fn superset_imports_the_export_and_renders_every_chart_from_postgres() {
     drop(b);
     drop(superset);
     db.drop().await;
+}
+
+/// The text of the chart titled `title` once it contains `want` (or after 30 s).
+fn wait_chart_text(b: &mut Browser, title: &str, want: &str) -> String {
+    let expr = format!(
+        "([...document.querySelectorAll('.dashboard-component-chart-holder')].find((h) => h.innerText.includes({title:?})) || {{innerText: ''}}).innerText"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = b.eval(&expr).as_str().unwrap_or_default().to_string();
+        if text.contains(want) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 fn dollars(cents: i64) -> String {

@@ -12,10 +12,14 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// The bearer token is missing or wrong (401).
-    #[error("a valid token is required (Authorization: Bearer <token>, or ?token=)")]
+    #[error("a valid token is required (Authorization: Bearer <token>; people open /?token=<token> once)")]
     Unauthorized,
+    /// A token in the URL of an API call (401): URLs end up in logs.
+    #[error("send the token in the Authorization header (Bearer), not in the URL")]
+    TokenInUrl,
     /// PostgreSQL is unreachable or a query failed (503: the dashboard itself is fine).
-    #[error("database: {0}")]
+    /// The detail is logged, not sent to clients.
+    #[error("database unavailable")]
     Database(String),
 }
 
@@ -35,7 +39,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::TokenInUrl => StatusCode::UNAUTHORIZED,
             ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -6,7 +6,7 @@
 //!
 //! - [`queries`]: the panels' SQL (parameterised, bounded) and their JSON shapes.
 //! - [`snapshot`]: the whole dashboard in one document and the hub that refreshes it.
-//! - [`auth`]: the optional bearer token.
+//! - [`auth`]: the optional token (bearer header, or a cookie the page gets once).
 //! - [`db`]: the reconnecting read-only connection; [`kafka`]: end offsets for lag.
 //!
 //! The server reads PostgreSQL with the reader role only; it never writes.
@@ -91,6 +91,7 @@ pub struct AppState {
     token: Option<Arc<str>>,
     stale_after_secs: f64,
     hub: HubHandle,
+    failures: Arc<auth::Failures>,
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -124,6 +125,7 @@ pub async fn serve(
         token: cfg.token.as_deref().map(Into::into),
         stale_after_secs: cfg.stale_after.as_secs_f64(),
         hub: handle,
+        failures: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -142,10 +144,13 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
     let hub_task = tokio::spawn(hub.run(app.clone(), cfg.refresh, stopped(stop_rx.clone())));
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await
-        .map_err(DashboardError::Serve)?;
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx))
+    .await
+    .map_err(DashboardError::Serve)?;
     let _ = hub_task.await;
     tracing::info!("dashboard stopped");
     Ok(())
@@ -218,8 +223,8 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn index(State(app): State<AppState>, req: Request) -> Response {
-    let mut resp = (
+async fn index() -> Response {
+    (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
@@ -227,16 +232,7 @@ async fn index(State(app): State<AppState>, req: Request) -> Response {
         ],
         INDEX_HTML,
     )
-        .into_response();
-    // Reaching here with `?token=` means it was right: remember it in a cookie the page's
-    // own requests carry (the page then drops it from the address bar).
-    if let (Some(_), Some(t)) = (&app.token, auth::query_token(req.uri().query())) {
-        let cookie = format!("{}={t}; Path=/; HttpOnly; SameSite=Strict", auth::COOKIE);
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            resp.headers_mut().insert(header::SET_COOKIE, v);
-        }
-    }
-    resp
+        .into_response()
 }
 
 /// Endpoints without parameters still accept `token` (and reject anything else).

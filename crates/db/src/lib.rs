@@ -25,8 +25,8 @@ pub enum DbError {
     /// The URL does not parse.
     #[error("invalid database URL: {0}")]
     BadUrl(#[source] tokio_postgres::Error),
-    /// TLS settings that cannot work (unknown sslmode, unreadable CA file), or a password
-    /// that cannot be turned into a SCRAM verifier.
+    /// Connection settings that cannot work or must not be used: unknown sslmode,
+    /// unreadable CA file, a placeholder or non-ASCII password.
     #[error("{0}")]
     Tls(String),
     /// Could not connect, or a statement failed (retriable if the server was away).
@@ -62,6 +62,25 @@ pub enum DbError {
     },
 }
 
+/// Whether `secret` is a well-known placeholder (`__RANDOM__` left from `.env.example`,
+/// `changeme`, `password`, ...) that must never guard anything.
+pub fn is_placeholder_secret(secret: &str) -> bool {
+    const KNOWN: [&str; 10] = [
+        "changeme",
+        "change-me",
+        "change_me",
+        "password",
+        "secret",
+        "postgres",
+        "admin",
+        "example",
+        "clickstream",
+        "default",
+    ];
+    let s = secret.trim().to_ascii_lowercase();
+    s.contains("__random__") || KNOWN.contains(&s.as_str())
+}
+
 /// The server's message for database errors (`Display` of the driver error only says
 /// "db error").
 pub fn pg_detail(e: &tokio_postgres::Error) -> String {
@@ -80,6 +99,14 @@ pub fn pg_detail(e: &tokio_postgres::Error) -> String {
 /// TLS as libpq does it, see [`tls`]); the connection driver runs as a background task.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
     let target = tls::parse(url)?;
+    if let Some(pw) = target.config.get_password() {
+        if is_placeholder_secret(&String::from_utf8_lossy(pw)) {
+            return Err(DbError::Tls(format!(
+                "the database URL for user `{}` has a placeholder password; set a real one in .env",
+                target.config.get_user().unwrap_or("?")
+            )));
+        }
+    }
     let (mode, connector) = tls::connector(&target)?;
     let mut config = target.config;
     config.ssl_mode(mode);

@@ -63,6 +63,13 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const WRITER_ROLE: &str = "clickstream_writer";
 /// The read-only role dashboards use.
 pub const READER_ROLE: &str = "clickstream_reader";
+/// The role that owns the `analytics` schema and everything in it; migrations from
+/// [`FIRST_OWNED_MIGRATION`] on run as this role (`SET ROLE`), not as the admin.
+pub const OWNER_ROLE: &str = "clickstream_owner";
+/// Migrations before this one ran as the admin (they create roles).
+pub const FIRST_OWNED_MIGRATION: i32 = 8;
+/// Default reader statement time limit.
+pub const READER_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Arbitrary constant identifying our advisory lock.
 const LOCK_KEY: i64 = 0x636c_6963_6b73;
@@ -86,13 +93,18 @@ pub struct MigrateReport {
     pub version: i32,
 }
 
-/// Passwords for the application roles; `None` leaves that role's login unchanged.
+/// Passwords for the application roles (`None` leaves that role's login unchanged) and
+/// the reader's statement time limit.
 #[derive(Debug, Clone, Default)]
 pub struct RolePasswords {
     /// For `clickstream_writer` (the processor, the generator's catalog upsert).
     pub writer: Option<String>,
     /// For `clickstream_reader` (dashboards).
     pub reader: Option<String>,
+    /// `statement_timeout` set on the reader role in this database, so every client that
+    /// logs in as the reader (the dashboard, Grafana, Superset, `status`) gets it
+    /// (`None`: 10 s).
+    pub reader_statement_timeout: Option<std::time::Duration>,
 }
 
 /// Fails unless the database schema is at this build's version: a processor on an older
@@ -197,6 +209,7 @@ async fn apply_locked(
         applied: Vec::new(),
         version: 0,
     };
+    let mut owned = false;
     for m in MIGRATIONS {
         let sum = checksum(m.sql);
         if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
@@ -211,7 +224,15 @@ async fn apply_locked(
             report.version = m.version;
             continue;
         }
+        if m.version >= FIRST_OWNED_MIGRATION && !owned {
+            hand_over_to_owner(client).await?;
+            owned = true;
+        }
         let tx = client.transaction().await?;
+        if m.version >= FIRST_OWNED_MIGRATION {
+            tx.batch_execute(&format!("SET LOCAL ROLE {OWNER_ROLE}"))
+                .await?;
+        }
         tx.batch_execute(m.sql).await?;
         tx.execute(
             "INSERT INTO analytics.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -223,6 +244,10 @@ async fn apply_locked(
         report.applied.push(m.version);
         report.version = m.version;
     }
+    if !owned {
+        hand_over_to_owner(client).await?;
+    }
+    restrict(client, passwords.reader_statement_timeout).await?;
     for (role, password) in [
         (WRITER_ROLE, &passwords.writer),
         (READER_ROLE, &passwords.reader),
@@ -234,10 +259,87 @@ async fn apply_locked(
     Ok(report)
 }
 
+/// Makes [`OWNER_ROLE`] (no login) the owner of the schema and of every table and view in
+/// it, so neither the admin's nor the application roles' privileges are needed to change
+/// the schema, and the application roles keep only what they were granted. Idempotent.
+async fn hand_over_to_owner(client: &Client) -> Result<(), DbError> {
+    client
+        .batch_execute(&format!(
+            "DO $$
+             BEGIN
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+                     CREATE ROLE {OWNER_ROLE} NOLOGIN;
+                 END IF;
+             END
+             $$;
+             -- A non-superuser admin may only give objects to a role it belongs to.
+             GRANT {OWNER_ROLE} TO CURRENT_USER;
+             ALTER SCHEMA analytics OWNER TO {OWNER_ROLE};
+             DO $$
+             DECLARE r record;
+             BEGIN
+                 -- Tables (and with them their indexes and owned sequences) and views.
+                 FOR r IN
+                     SELECT c.oid::regclass AS obj, c.relkind
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = 'analytics' AND c.relkind IN ('r', 'p', 'v', 'm')
+                        AND c.relowner <> '{OWNER_ROLE}'::regrole
+                 LOOP
+                     EXECUTE format('ALTER %s %s OWNER TO {OWNER_ROLE}',
+                         CASE r.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                        ELSE 'TABLE' END,
+                         r.obj);
+                 END LOOP;
+             END
+             $$;
+             -- Objects the owner creates in later migrations get the same grants.
+             ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} IN SCHEMA analytics
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {WRITER_ROLE};
+             ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} IN SCHEMA analytics
+                 GRANT USAGE, SELECT ON SEQUENCES TO {WRITER_ROLE};
+             ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER_ROLE} IN SCHEMA analytics
+                 GRANT SELECT ON TABLES TO {READER_ROLE};"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Least privilege on this database: only the application roles may connect, nobody
+/// else may create temporary tables or objects in `public`, and the reader's sessions are
+/// read-only with a statement time limit, whichever client logs in as it. Idempotent.
+async fn restrict(
+    client: &Client,
+    reader_timeout: Option<std::time::Duration>,
+) -> Result<(), DbError> {
+    let timeout_ms = reader_timeout
+        .unwrap_or(READER_STATEMENT_TIMEOUT)
+        .as_millis()
+        .clamp(1, i32::MAX as u128) as i64;
+    let row = client
+        .query_one(
+            "SELECT format('REVOKE CONNECT, TEMPORARY ON DATABASE %1$I FROM PUBLIC;
+                            GRANT CONNECT ON DATABASE %1$I TO %2$I, %3$I;
+                            ALTER ROLE %3$I IN DATABASE %1$I SET default_transaction_read_only = on;
+                            ALTER ROLE %3$I IN DATABASE %1$I SET statement_timeout = %4$L;
+                            REVOKE CREATE ON SCHEMA public FROM PUBLIC;',
+                           current_database(), $1::text, $2::text, $3::text)",
+            &[&WRITER_ROLE, &READER_ROLE, &format!("{timeout_ms}ms")],
+        )
+        .await?;
+    let sql: String = row.get(0);
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
 /// Sets `role`'s password as a SCRAM verifier computed here, so the password never
 /// appears in statement text. `ALTER ROLE ... PASSWORD` takes no bind parameters, so
 /// PostgreSQL's own `format()` quotes the identifier and the literal.
 async fn set_password(client: &Client, role: &str, password: &str) -> Result<(), DbError> {
+    if crate::is_placeholder_secret(password) {
+        return Err(DbError::Tls(format!(
+            "refusing to set a placeholder password for {role}; put a real one in .env"
+        )));
+    }
     let verifier = crate::scram::verifier(password)?;
     let row = client
         .query_one(
