@@ -283,5 +283,51 @@ async fn the_pipeline_runs_over_tls_and_scram_only_and_refuses_bad_credentials()
     );
     let _ = serve.kill();
     let _ = serve.wait();
+
+    // status, with SCRAM-SHA-512 this time.
+    let mut c = secure_cmd(&sec, &sec.password, &sec.ca);
+    c.env("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+        .args(["status", "--topic", &topic, "--group", &group])
+        .args(["--database-url", &db.reader_url]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&topic), "{text}");
+
+    // The collector acknowledges only what Kafka took over SASL_SSL.
+    let ca = sec.ca.display().to_string();
+    let env = [
+        ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+        ("KAFKA_SASL_USERNAME", sec.user.as_str()),
+        ("KAFKA_SASL_PASSWORD", sec.password.as_str()),
+        ("KAFKA_SSL_CA_LOCATION", ca.as_str()),
+    ];
+    let secure_services = Services {
+        admin_url: s.admin_url.clone(),
+        writer_url: s.writer_url.clone(),
+        reader_url: s.reader_url.clone(),
+        bootstrap: sec.bootstrap.clone(),
+    };
+    let collected = unique("tls_collect");
+    create_topic(&s.bootstrap, &collected, 1).await;
+    let collector = support::collector::Collector::start_with_env(
+        &secure_services,
+        &collected,
+        &dlq,
+        &[],
+        &env,
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = EventTime::now().to_string();
+    let event = serde_json::json!([{"event_id": id, "event_type": "page_view", "timestamp": now,
+        "user_id": uuid::Uuid::new_v4().to_string(), "session_id": uuid::Uuid::new_v4().to_string(),
+        "page": "home"}]);
+    let r = collector.post(&serde_json::to_vec(&event).unwrap());
+    assert_eq!(r.status, 200, "{}", collector.log_text());
+    let got = read_topic(&s.bootstrap, &collected, 1, 1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].value).contains(&id));
+    drop(collector);
     db.drop().await;
 }

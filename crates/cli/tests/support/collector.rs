@@ -23,8 +23,20 @@ pub const KEY: &str = "test-key-0123456789";
 impl Collector {
     /// Starts a collector producing to `topic` / `dlq` with [`KEY`] and `extra` flags.
     pub fn start(s: &Services, topic: &str, dlq: &str, extra: &[&str]) -> Collector {
+        Collector::start_with_env(s, topic, dlq, extra, &[])
+    }
+
+    /// [`Collector::start`] with extra environment variables (Kafka security settings).
+    pub fn start_with_env(
+        s: &Services,
+        topic: &str,
+        dlq: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
         let log = std::env::temp_dir().join(format!("{}.log", unique("collect")));
         let child = clickstream()
+            .envs(env.iter().copied())
             .args([
                 "collect",
                 "--listen",
