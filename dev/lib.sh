@@ -122,6 +122,22 @@ airflow_venv() {
     echo "$venv"
 }
 
+# kubernetes-validate (bundles Kubernetes' OpenAPI schemas, so no network) for the
+# deploy/k8s check, pinned, in a venv outside the clone. Prints the venv's path.
+K8S_PINS="kubernetes-validate==1.37.0 PyYAML==6.0.4 jsonschema==4.26.0"
+k8s_venv() {
+    local venv="$CACHE/venv-k8s"
+    if [ ! -x "$venv/bin/kubernetes-validate" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$K8S_PINS" ]; then
+        apt_ensure python3-venv >&2
+        log "creating the kubernetes-validate venv in $venv" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install -q --disable-pip-version-check $K8S_PINS >&2
+        echo "$K8S_PINS" > "$venv/.pins"
+    fi
+    echo "$venv"
+}
+
 # Superset for the dashboard-export test (deploy/superset/), pinned by a frozen constraints
 # file (Superset's own ranges admit releases that break it), in a venv outside the clone.
 SUPERSET_VERSION=6.1.0

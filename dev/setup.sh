@@ -20,3 +20,4 @@ fi
 dbt_venv >/dev/null
 airflow_venv >/dev/null
 superset_venv >/dev/null
+k8s_venv >/dev/null

@@ -26,4 +26,8 @@ cargo test --workspace --locked
 log "docker compose file checks"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 python3 dev/check_compose.py
+log "Kubernetes manifest checks"
+K8S_VENV=$(k8s_venv)
+"$K8S_VENV/bin/python" dev/check_k8s.py "$K8S_VENV/bin/kubernetes-validate" \
+    "${CARGO_TARGET_DIR:-$ROOT/target}/debug/clickstream"
 log "all tests passed"
