@@ -87,72 +87,52 @@ wait_port() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
-# The analysts' Python tools, pinned, in a venv outside the clone (cached across clones and
-# CI runs): dbt with DuckDB. Recreated when the pins change. Prints the venv's path.
-DBT_PINS="dbt-core==1.11.16 dbt-duckdb==1.11.1 duckdb==1.4.4"
-dbt_venv() {
-    local venv="$CACHE/venv-dbt" stamp
-    stamp="$venv/.pins"
-    if [ ! -x "$venv/bin/dbt" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$DBT_PINS" ]; then
+# A venv under $CACHE/venv-NAME (outside the clone: cached across clones and CI runs) with
+# `pip install ARGS...`, recreated when STAMP (the pins, or a constraints file's hash)
+# changes or BIN is missing. Prints its path.
+pinned_venv() {
+    local name=$1 bin=$2 stamp=$3 venv="$CACHE/venv-$1"
+    shift 3
+    if [ ! -x "$venv/bin/$bin" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$stamp" ]; then
         apt_ensure python3-venv >&2
-        log "creating the dbt venv in $venv ($DBT_PINS)" >&2
+        log "creating the $name venv in $venv (about a minute for the big ones)" >&2
         rm -rf "$venv"
         python3 -m venv "$venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check $DBT_PINS >&2
-        echo "$DBT_PINS" > "$stamp"
+        "$venv/bin/pip" install -q --disable-pip-version-check "$@" >&2
+        echo "$stamp" > "$venv/.pins"
     fi
     echo "$venv"
 }
 
-# Airflow 3 for the DAG test (dags/), pinned by a frozen constraints file, in a venv outside
-# the clone. Prints the venv's path.
+# `pinned_venv` for a package pinned by a frozen constraints file of the repository (its
+# own dependency ranges admit releases that break it). Prints the venv's path.
+constraints_venv() {
+    local name=$1 bin=$2 package=$3 constraints=$4
+    pinned_venv "$name" "$bin" "$package $(sha256sum "$constraints" | cut -c1-16)" \
+        "$package" -r "$constraints" -c "$constraints"
+}
+
+# dbt with DuckDB for the analysts' models (dbt/).
+DBT_PINS="dbt-core==1.11.16 dbt-duckdb==1.11.1 duckdb==1.4.4"
+# shellcheck disable=SC2086 # the pins are words
+dbt_venv() { pinned_venv dbt dbt "$DBT_PINS" $DBT_PINS; }
+
+# Airflow 3 for the DAG test (dags/).
 AIRFLOW_VERSION=3.3.2
 airflow_venv() {
-    local venv="$CACHE/venv-airflow" constraints pins
-    constraints="$ROOT/deploy/airflow/constraints-$AIRFLOW_VERSION-py3.11.txt"
-    pins="apache-airflow==$AIRFLOW_VERSION $(sha256sum "$constraints" | cut -c1-16)"
-    if [ ! -x "$venv/bin/airflow" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
-        apt_ensure python3-venv >&2
-        log "creating the Airflow venv in $venv (apache-airflow $AIRFLOW_VERSION, about a minute)" >&2
-        rm -rf "$venv"
-        python3 -m venv "$venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION" -c "$constraints" >&2
-        echo "$pins" > "$venv/.pins"
-    fi
-    echo "$venv"
+    constraints_venv airflow airflow "apache-airflow==$AIRFLOW_VERSION" \
+        "$ROOT/deploy/airflow/constraints-$AIRFLOW_VERSION-py3.11.txt"
 }
 
-# kubernetes-validate (bundles Kubernetes' OpenAPI schemas, so no network) for the
-# deploy/k8s check, pinned, in a venv outside the clone. Prints the venv's path.
-K8S_PINS="kubernetes-validate==1.37.0 PyYAML==6.0.4 jsonschema==4.26.0"
-k8s_venv() {
-    local venv="$CACHE/venv-k8s"
-    if [ ! -x "$venv/bin/kubernetes-validate" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$K8S_PINS" ]; then
-        apt_ensure python3-venv >&2
-        log "creating the kubernetes-validate venv in $venv" >&2
-        rm -rf "$venv"
-        python3 -m venv "$venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check $K8S_PINS >&2
-        echo "$K8S_PINS" > "$venv/.pins"
-    fi
-    echo "$venv"
-}
-
-# Superset for the dashboard-export test (deploy/superset/), pinned by a frozen constraints
-# file (Superset's own ranges admit releases that break it), in a venv outside the clone.
+# Superset for the dashboard-export test (deploy/superset/).
 SUPERSET_VERSION=6.1.0
 superset_venv() {
-    local venv="$CACHE/venv-superset" constraints pins
-    constraints="$ROOT/deploy/superset/constraints-$SUPERSET_VERSION-py3.11.txt"
-    pins="apache-superset==$SUPERSET_VERSION $(sha256sum "$constraints" | cut -c1-16)"
-    if [ ! -x "$venv/bin/superset" ] || [ "$(cat "$venv/.pins" 2>/dev/null)" != "$pins" ]; then
-        apt_ensure python3-venv >&2
-        log "creating the Superset venv in $venv (apache-superset $SUPERSET_VERSION, about a minute)" >&2
-        rm -rf "$venv"
-        python3 -m venv "$venv" >&2
-        "$venv/bin/pip" install -q --disable-pip-version-check "apache-superset==$SUPERSET_VERSION" \
-            -r "$constraints" -c "$constraints" >&2
-        echo "$pins" > "$venv/.pins"
-    fi
-    echo "$venv"
+    constraints_venv superset superset "apache-superset==$SUPERSET_VERSION" \
+        "$ROOT/deploy/superset/constraints-$SUPERSET_VERSION-py3.11.txt"
 }
+
+# kubernetes-validate (it bundles Kubernetes' OpenAPI schemas: no network) for the
+# deploy/k8s check.
+K8S_PINS="kubernetes-validate==1.37.0 PyYAML==6.0.4 jsonschema==4.26.0"
+# shellcheck disable=SC2086
+k8s_venv() { pinned_venv k8s kubernetes-validate "$K8S_PINS" $K8S_PINS; }
