@@ -285,34 +285,6 @@ fn overview_sessions(base: &str) -> i64 {
         .unwrap()
 }
 
-fn thousands(n: i64) -> String {
-    let s = n.abs().to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-fn dollars(cents: i64) -> String {
-    format!("${}.{:02}", thousands(cents / 100), cents % 100)
-}
-
-/// Where people look for the screenshots: `target/screenshots` of the workspace (even
-/// when CARGO_TARGET_DIR points elsewhere).
-fn screenshot_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/screenshots")
-        .join(name)
-}
-
 /// Waits until the page's `testid` element reads `want`.
 fn wait_text(b: &mut Browser, testid: &str, want: &str) {
     let expr = format!(

@@ -301,21 +301,3 @@ fn wait_chart_text(b: &mut Browser, title: &str, want: &str) -> String {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
-
-fn dollars(cents: i64) -> String {
-    let s = (cents / 100).to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    format!("${out}.{:02}", cents % 100)
-}
-
-fn screenshot_path(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
-    let _ = std::fs::create_dir_all(&dir);
-    dir.join(name)
-}

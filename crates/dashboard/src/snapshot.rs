@@ -137,11 +137,13 @@ impl Hub {
         tokio::pin!(stop);
         // Previous (time, events applied) for the live events/s figure.
         let mut prev: Option<(Instant, i64)> = None;
+        let mut failing = false;
         loop {
             // The handle in the app state is one receiver; more means open pages.
             if self.tx.receiver_count() > 1 {
                 let doc = match build(&app).await {
                     Ok(mut s) => {
+                        failing = false;
                         let now = Instant::now();
                         if let Some((t, n)) = prev {
                             let dt = now.duration_since(t).as_secs_f64();
@@ -154,6 +156,14 @@ impl Hub {
                         serde_json::to_string(&s)
                     }
                     Err(e) => {
+                        // Clients only learn that the database is unavailable; the reason
+                        // is logged once per outage.
+                        if !failing {
+                            if let ApiError::Database(detail) = &e {
+                                tracing::warn!(error = %detail, "dashboard refresh failed");
+                            }
+                        }
+                        failing = true;
                         prev = None;
                         serde_json::to_string(&serde_json::json!({
                             "error": e.to_string(),

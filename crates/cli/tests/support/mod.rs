@@ -594,3 +594,33 @@ pub fn python_venv(var: &str, dir: &str, bin: &str) -> PathBuf {
     );
     v
 }
+
+/// `n` with thousands separators, as the pages show counts (`12,345`).
+pub fn thousands(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Cents as the pages show money (`$1,234.56`).
+pub fn dollars(cents: i64) -> String {
+    format!("${}.{:02}", thousands(cents / 100), cents % 100)
+}
+
+/// Where people look for the screenshots: `target/screenshots` of the workspace (even
+/// when CARGO_TARGET_DIR points elsewhere); the folder is created.
+pub fn screenshot_path(name: &str) -> PathBuf {
+    let dir = workspace_root().join("target/screenshots");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(name)
+}
