@@ -50,6 +50,8 @@ def bundle(db_url: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def main() -> None:
     db_url = env("CLICKSTREAM_SUPERSET_DB_URL")
+    if (make_url(db_url).password or "").lower() in PLACEHOLDERS or "__RANDOM__" in db_url:
+        sys.exit("bootstrap: the password in CLICKSTREAM_SUPERSET_DB_URL is a placeholder")
     admin = os.environ.get("SUPERSET_ADMIN_USER", "admin")
     admin_password = env("SUPERSET_ADMIN_PASSWORD")
     contents, passwords = bundle(db_url)

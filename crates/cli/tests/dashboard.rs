@@ -786,17 +786,7 @@ async fn every_grafana_panel_query_returns_rows() {
     let start = EventTime::from_millis(EventTime::now().as_millis() - 20 * 60_000);
     pipe.feed(&s, &db, random_u64(), start, 30_000).await;
     // Yesterday's gold, as `clickstream batch` would have written it.
-    connect(&db.admin_url)
-        .await
-        .execute(
-            "INSERT INTO analytics.gold_daily_funnel (day, events, bot_events, product_views,
-                     cart_adds, purchases, orders, units, revenue_cents, view_to_cart_pct,
-                     cart_to_purchase_pct)
-             VALUES (current_date - 1, 10, 1, 5, 2, 1, 1, 1, 999, 40.0, 50.0)",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_gold_day(&db, 999).await;
     // The variables the dashboard offers: these must resolve as well.
     let reader = connect(&db.reader_url).await;
     let from = EventTime::from_millis(EventTime::now().as_millis() - 6 * 3_600_000).to_string();

@@ -188,18 +188,7 @@ async fn superset_imports_the_export_and_renders_every_chart_from_postgres() {
     )
     .await;
     processor.stop();
-    // A gold day, as the daily batch would write it.
-    connect(&db.admin_url)
-        .await
-        .execute(
-            "INSERT INTO analytics.gold_daily_funnel (day, events, bot_events, product_views,
-                    cart_adds, purchases, orders, units, revenue_cents, view_to_cart_pct,
-                    cart_to_purchase_pct)
-             VALUES (current_date - 1, 1000, 10, 700, 70, 7, 6, 9, 12345, 10.0, 10.0)",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_gold_day(&db, 12345).await;
     let (revenue_cents, best) = truth(&db).await;
     assert!(revenue_cents > 0);
 

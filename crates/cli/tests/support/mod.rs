@@ -595,6 +595,22 @@ pub fn python_venv(var: &str, dir: &str, bin: &str) -> PathBuf {
     v
 }
 
+/// Writes a `gold_daily_funnel` row for yesterday, as `clickstream batch` would, with
+/// `revenue_cents` (the other counters fixed), for panels that show the gold day.
+pub async fn insert_gold_day(db: &TestDb, revenue_cents: i64) {
+    connect(&db.admin_url)
+        .await
+        .execute(
+            "INSERT INTO analytics.gold_daily_funnel (day, events, bot_events, product_views,
+                    cart_adds, purchases, orders, units, revenue_cents, view_to_cart_pct,
+                    cart_to_purchase_pct)
+             VALUES (current_date - 1, 1000, 10, 700, 70, 7, 6, 9, $1, 10.0, 10.0)",
+            &[&revenue_cents],
+        )
+        .await
+        .expect("insert a gold day");
+}
+
 /// `n` with thousands separators, as the pages show counts (`12,345`).
 pub fn thousands(n: i64) -> String {
     let s = n.abs().to_string();
