@@ -20,6 +20,10 @@ pub struct MigrateArgs {
     /// Superset, `status`): longer queries are cancelled.
     #[arg(long, env = "CLICKSTREAM_READER_STATEMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     reader_statement_timeout: std::time::Duration,
+    /// Stop after this schema version (default: the newest this build knows), for staged
+    /// upgrades.
+    #[arg(long)]
+    target_version: Option<i32>,
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
@@ -31,7 +35,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         reader: args.reader_password,
         reader_statement_timeout: Some(args.reader_statement_timeout),
     };
-    let report = migrate::apply(&mut client, &passwords).await?;
+    let report = migrate::apply_to(&mut client, &passwords, args.target_version).await?;
     if report.applied.is_empty() {
         tracing::info!(version = report.version, "schema up to date");
     } else {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use clickstream_processor::metrics::{Metrics, Registry};
+use clickstream_processor::retention::Retention;
 use clickstream_processor::store::AlertRule;
 use clickstream_processor::{AlertSink, EngineConfig, LogAlertSink, ProcessorConfig};
 
@@ -84,10 +85,35 @@ pub struct ProcessArgs {
     /// decides its flash-sale windows (`0s`: never).
     #[arg(long, env = "CLICKSTREAM_IDLE_TIMEOUT", default_value = "1m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// How long event keys are remembered to drop re-sent events (default: the maximum
+    /// event age, which makes dedup exact). Shorter keeps the ledger smaller (it holds
+    /// every event of the horizon), but an event re-sent after it is counted twice.
+    #[arg(long, env = "CLICKSTREAM_DEDUP_HORIZON", value_parser = humantime::parse_duration)]
+    dedup_horizon: Option<Duration>,
+    /// Days of per-minute and per-window aggregates kept (`0s`: forever).
+    #[arg(long, env = "CLICKSTREAM_RETAIN_AGGREGATES", default_value = "90days", value_parser = humantime::parse_duration)]
+    retain_aggregates: Duration,
+    /// Days of sessions, purchase lines and audit events kept (`0s`: forever).
+    #[arg(long, env = "CLICKSTREAM_RETAIN_DETAILS", default_value = "90days", value_parser = humantime::parse_duration)]
+    retain_details: Duration,
+    /// Days of rejected and late records kept (`0s`: forever).
+    #[arg(long, env = "CLICKSTREAM_RETAIN_ERRORS", default_value = "30days", value_parser = humantime::parse_duration)]
+    retain_errors: Duration,
 }
 
 pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let limits = args.contract.limits();
+    let forever = |d: Duration| (!d.is_zero()).then_some(d);
+    let retention = Retention {
+        dedup_horizon: args
+            .dedup_horizon
+            .unwrap_or(Duration::from_micros(limits.max_age_micros.max(0) as u64)),
+        aggregates: forever(args.retain_aggregates),
+        details: forever(args.retain_details),
+        errors: forever(args.retain_errors),
+    };
+    retention.check(&limits).map_err(anyhow::Error::msg)?;
     let cfg = ProcessorConfig {
         kafka: args.source.kafka.checked().await?,
         group: args.source.group,
@@ -106,7 +132,8 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
             min_views: args.alert_min_views,
             max_purchases: args.alert_max_purchases,
         },
-        limits: args.contract.limits(),
+        limits,
+        retention,
         audit_events: args.audit,
         durable_commits: args.durable_commits,
         session_timeout: args.session_timeout,

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "purchases_hourly",
         sql: include_str!("../../../db/migrations/0007_purchases_hourly.sql"),
     },
+    Migration {
+        version: 8,
+        name: "day_partitions",
+        sql: include_str!("../../../db/migrations/0008_day_partitions.sql"),
+    },
 ];
 
 /// The application roles the migrations create.
@@ -138,12 +143,22 @@ pub async fn apply(
     client: &mut Client,
     passwords: &RolePasswords,
 ) -> Result<MigrateReport, DbError> {
+    apply_to(client, passwords, None).await
+}
+
+/// [`apply`], stopping after migration `target` (`None`: the newest): for staged upgrades
+/// and for testing a migration against data written by the schema before it.
+pub async fn apply_to(
+    client: &mut Client,
+    passwords: &RolePasswords,
+    target: Option<i32>,
+) -> Result<MigrateReport, DbError> {
     let mut attempt = 0u64;
     loop {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
             .await?;
-        let result = apply_locked(client, passwords).await;
+        let result = apply_locked(client, passwords, target).await;
         // Unlock even on failure; a lost connection releases the lock anyway.
         let _ = client
             .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
@@ -180,6 +195,7 @@ fn is_collision(e: &tokio_postgres::Error) -> bool {
 async fn apply_locked(
     client: &mut Client,
     passwords: &RolePasswords,
+    target: Option<i32>,
 ) -> Result<MigrateReport, DbError> {
     client
         .batch_execute(
@@ -210,7 +226,10 @@ async fn apply_locked(
         version: 0,
     };
     let mut owned = false;
-    for m in MIGRATIONS {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| target.is_none_or(|t| m.version <= t))
+    {
         let sum = checksum(m.sql);
         if let Some((_, old)) = applied.iter().find(|(v, _)| *v == m.version) {
             if *old != sum {

@@ -73,6 +73,8 @@ pub use clickstream_model::event::is_bot_agent;
 pub struct Session {
     /// Id of the event that opened the session (stable primary key).
     pub key: Uuid,
+    /// Time of that event (never changes; the table's partition key).
+    pub opened_at: EventTime,
     /// The user.
     pub user_id: Uuid,
     /// Partition the user's events arrive on.
@@ -106,6 +108,7 @@ impl Session {
         let ev = &e.event;
         let mut s = Session {
             key: ev.event_id,
+            opened_at: ev.timestamp,
             user_id: ev.user_id,
             partition: e.partition,
             start: ev.timestamp,

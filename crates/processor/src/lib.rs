@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`retry`]: backoff and the stall state, and isolating records PostgreSQL refuses.
 //! - [`run`]: the micro-batch loop (consumer, batch transaction, housekeeping).
+//! - [`retention`]: day partitions created ahead and dropped by retention.
 //!
 //! # Exactly once
 //!
@@ -27,6 +28,7 @@ pub mod alerts;
 pub mod engine;
 pub mod kafka;
 pub mod metrics;
+pub mod retention;
 pub mod retry;
 pub mod run;
 pub mod store;
@@ -126,5 +128,18 @@ impl ProcessorError {
     pub fn is_data_error(&self) -> bool {
         self.sqlstate()
             .is_some_and(|s| s.starts_with("22") || s.starts_with("23"))
+            && !self.is_missing_partition()
+    }
+
+    /// A row's day has no partition (SQLSTATE 23514, but not the data's fault): the
+    /// partitions are created again and the batch retried, never split.
+    pub fn is_missing_partition(&self) -> bool {
+        let e = match self {
+            ProcessorError::Postgres(e)
+            | ProcessorError::Db(clickstream_db::DbError::Postgres(e)) => e,
+            _ => return false,
+        };
+        e.as_db_error()
+            .is_some_and(|d| d.message().starts_with("no partition of relation"))
     }
 }

@@ -69,6 +69,12 @@ pub struct Metrics {
     /// Dead letters queued while the dead-letter topic was unreachable, delivered later
     /// from `analytics.rejected_events`.
     pub dlq_pending: Gauge,
+    /// Day partitions created ahead.
+    pub partitions_created: Counter,
+    /// Day partitions dropped by retention.
+    pub partitions_dropped: Counter,
+    /// Time spent creating and dropping partitions (and rolling up dropped hours).
+    pub retention_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -96,6 +102,9 @@ impl Metrics {
             lost_to_retention: Counter::default(),
             idle_partitions: Gauge::default(),
             dlq_pending: Gauge::default(),
+            partitions_created: Counter::default(),
+            partitions_dropped: Counter::default(),
+            retention_seconds: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("clickstream_processor");
         r.register(
@@ -198,6 +207,21 @@ impl Metrics {
             "dlq_pending_records",
             "Dead letters recorded in PostgreSQL but not yet acknowledged by Kafka",
             m.dlq_pending.clone(),
+        );
+        r.register(
+            "partitions_created",
+            "Day partitions created ahead of the events",
+            m.partitions_created.clone(),
+        );
+        r.register(
+            "partitions_dropped",
+            "Day partitions dropped by retention",
+            m.partitions_dropped.clone(),
+        );
+        r.register(
+            "retention_seconds",
+            "Seconds spent creating and dropping day partitions",
+            m.retention_seconds.clone(),
         );
         Arc::new(m)
     }

@@ -39,6 +39,11 @@ pub use batch::UNSTORABLE;
 /// [`ProcessorConfig::retry_max_backoff`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
+/// How often day partitions are created ahead and dropped by retention...
+const UPKEEP_EVERY: Duration = Duration::from_secs(600);
+/// ... and how soon a failed round is tried again.
+const UPKEEP_RETRY: Duration = Duration::from_secs(60);
+
 /// Settings of one processor instance.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
@@ -62,9 +67,10 @@ pub struct ProcessorConfig {
     pub engine: EngineConfig,
     /// Flash-sale thresholds.
     pub alert: AlertRule,
-    /// The contract's bounds (shared with the lake writer); the oldest accepted event time
-    /// is also the dedup horizon.
+    /// The contract's bounds (shared with the lake writer).
     pub limits: ContractLimits,
+    /// How long event keys are remembered and each table family keeps its days.
+    pub retention: crate::retention::Retention,
     /// Keep every valid distinct event in `analytics.events`.
     pub audit_events: bool,
     /// Wait for each batch's WAL flush before the next batch (PostgreSQL's
@@ -210,9 +216,11 @@ pub fn run(
         // Right away: a previous run may have left pending dead letters.
         dlq_retry: (Instant::now(), housekeeping::DLQ_FIRST_BACKOFF),
     };
+    // Every day an accepted event can reach needs its partitions before the first batch.
+    l.upkeep_patiently(&stop)?;
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
-    let mut last_prune = Instant::now();
+    let mut next_upkeep = Instant::now();
     let mut last_idle = Instant::now();
     let mut last_metadata = Instant::now();
     // Pipelined: while batch N's transaction runs on the runtime, this thread polls,
@@ -292,6 +300,9 @@ pub fn run(
             // The staged batch was applied to state that is reloaded now; it is read again.
             staged = None;
             l.recover(&e, &stop)?;
+            if e.is_missing_partition() {
+                next_upkeep = Instant::now();
+            }
         } else if reload {
             // Assigned while PostgreSQL was away: load state and seek (retrying) before
             // anything of those partitions is processed.
@@ -314,9 +325,14 @@ pub fn run(
             l.refresh_partition_count();
             last_metadata = Instant::now();
         }
-        if last_prune.elapsed() > Duration::from_secs(600) {
-            l.prune();
-            last_prune = Instant::now();
+        if Instant::now() >= next_upkeep {
+            next_upkeep = match l.upkeep() {
+                Ok(()) => Instant::now() + UPKEEP_EVERY,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?UPKEEP_RETRY, "maintaining day partitions failed");
+                    Instant::now() + UPKEEP_RETRY
+                }
+            };
         }
         if staged.is_none() && !stopping && last_idle.elapsed() > Duration::from_secs(2) {
             // Nothing to write: let idle partitions' watermarks follow the clock.

@@ -68,7 +68,8 @@ pub async fn load_partitions(
     let rows = tx
         .query(
             "SELECT session_key, user_id, kafka_partition, session_start, session_end, events,
-                    page_views, cart_adds, purchases, revenue_cents, device, country, is_bot
+                    page_views, cart_adds, purchases, revenue_cents, device, country, is_bot,
+                    opened_at
                FROM analytics.sessions
               WHERE is_open AND kafka_partition = ANY($1)",
             &[&partitions],
@@ -79,6 +80,7 @@ pub async fn load_partitions(
         let partition: i32 = r.get(2);
         sessions.entry(partition).or_default().push(Session {
             key: r.get(0),
+            opened_at: from_ts(r.get(13)),
             user_id: r.get(1),
             partition,
             start: from_ts(r.get(3)),
@@ -166,16 +168,21 @@ pub async fn fence(
 /// Runs on its own connection, outside the batch transaction, while the previous batch's
 /// transaction is still writing: that batch's keys are not visible yet, so the caller
 /// checks them in memory. One index probe per event; the ledger's time-first key keeps
-/// the probes on the few newest pages.
+/// the probes on the few newest pages. Events older than `ledger_from` (the dedup
+/// horizon) are not in the ledger and are not looked up.
 pub async fn known_keys(
     client: &Client,
     events: &[SourcedEvent],
+    ledger_from: EventTime,
 ) -> Result<HashSet<EventKey>, ProcessorError> {
-    if events.is_empty() {
+    let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) = events
+        .iter()
+        .filter(|e| e.event.timestamp >= ledger_from)
+        .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
+        .unzip();
+    if times.is_empty() {
         return Ok(HashSet::new());
     }
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| ts(e.event.key().timestamp)).collect();
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event.event_id).collect();
     // LATERAL + LIMIT keeps this a loop of index probes: the planner, seeing the array's
     // size, might otherwise pick a hash join over the whole ledger.
     let rows = client
@@ -201,14 +208,24 @@ pub async fn known_keys(
 /// binary COPY: about three times cheaper than `INSERT ... ON CONFLICT DO NOTHING`, whose
 /// speculative insertion takes a lock per row. If another instance recorded one of the
 /// keys meanwhile (a re-send that reached another partition), the primary key fails the
-/// COPY and the batch is retried; the retry's probe finds the key.
+/// COPY and the batch is retried; the retry's probe finds the key. Keys older than
+/// `ledger_from` are not recorded (see [`known_keys`]).
 pub async fn record_keys(
     tx: &Transaction<'_>,
     events: &[SourcedEvent],
+    ledger_from: EventTime,
 ) -> Result<(), ProcessorError> {
-    if events.is_empty() {
+    // In key order, like every write of a batch: two instances recording overlapping
+    // keys then wait on each other instead of deadlocking.
+    let mut keys: Vec<(DateTime<Utc>, Uuid)> = events
+        .iter()
+        .filter(|e| e.event.timestamp >= ledger_from)
+        .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
+        .collect();
+    if keys.is_empty() {
         return Ok(());
     }
+    keys.sort_unstable();
     let sink = tx
         .copy_in("COPY analytics.seen_events (event_time, event_id) FROM STDIN BINARY")
         .await?;
@@ -216,13 +233,6 @@ pub async fn record_keys(
         sink,
         &[Type::TIMESTAMPTZ, Type::UUID]
     ));
-    // In key order, like every write of a batch: two instances recording overlapping
-    // keys then wait on each other instead of deadlocking.
-    let mut keys: Vec<(DateTime<Utc>, Uuid)> = events
-        .iter()
-        .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
-        .collect();
-    keys.sort_unstable();
     for (t, id) in &keys {
         writer.as_mut().write(&[t, id]).await?;
     }
@@ -562,12 +572,13 @@ async fn write_sessions<'a>(
     tx: &Transaction<'_>,
     sessions: impl Iterator<Item = &'a Session>,
 ) -> Result<(), ProcessorError> {
-    let (mut key, mut user, mut part, mut start, mut end) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut key, mut opened, mut user, mut part, mut start, mut end) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut ev, mut pv, mut ca, mut pu, mut rev) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut dev, mut cty, mut bot, mut open) = (vec![], vec![], vec![], vec![]);
     for s in sessions {
         key.push(s.key);
+        opened.push(ts(s.opened_at));
         user.push(s.user_id);
         part.push(s.partition);
         start.push(ts(s.start));
@@ -585,16 +596,16 @@ async fn write_sessions<'a>(
     tx.execute(
         "INSERT INTO analytics.sessions AS t
                 (session_key, user_id, kafka_partition, session_start, session_end, events, page_views,
-                 cart_adds, purchases, revenue_cents, device, country, is_bot, is_open)
+                 cart_adds, purchases, revenue_cents, device, country, is_bot, is_open, opened_at)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::timestamptz[], $5::timestamptz[],
                               $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::int8[], $11::text[],
-                              $12::text[], $13::bool[], $14::bool[])
-         ON CONFLICT (session_key) DO UPDATE SET
+                              $12::text[], $13::bool[], $14::bool[], $15::timestamptz[])
+         ON CONFLICT (opened_at, session_key) DO UPDATE SET
             session_start = EXCLUDED.session_start, session_end = EXCLUDED.session_end,
             events = EXCLUDED.events, page_views = EXCLUDED.page_views, cart_adds = EXCLUDED.cart_adds,
             purchases = EXCLUDED.purchases, revenue_cents = EXCLUDED.revenue_cents,
             is_open = EXCLUDED.is_open, updated_at = now()",
-        &[&key, &user, &part, &start, &end, &ev, &pv, &ca, &pu, &rev, &dev, &cty, &bot, &open],
+        &[&key, &user, &part, &start, &end, &ev, &pv, &ca, &pu, &rev, &dev, &cty, &bot, &open, &opened],
     )
     .await?;
     Ok(())
@@ -989,45 +1000,4 @@ pub async fn mark_stopped(client: &Client, instance: &str) -> Result<(), Process
         )
         .await?;
     Ok(())
-}
-
-/// Deletes dedup ledger entries older than the horizon (events that old are rejected by
-/// validation anyway, so they can never be duplicates of an accepted event), and rolls the
-/// hours before it, which can no longer change, from `hourly_users` into
-/// `hourly_user_counts`.
-pub async fn prune_seen(client: &Client, older_than: EventTime) -> Result<u64, ProcessorError> {
-    let horizon = ts(older_than);
-    client.batch_execute("BEGIN").await?;
-    let rolled = async {
-        client
-            .execute(
-                "INSERT INTO analytics.hourly_user_counts (hour, event_type, users)
-                 SELECT hour, event_type, count(*) FROM analytics.hourly_users
-                  WHERE hour < date_trunc('hour', $1::timestamptz) GROUP BY 1, 2
-                 ON CONFLICT (hour, event_type) DO UPDATE
-                    SET users = analytics.hourly_user_counts.users + EXCLUDED.users",
-                &[&horizon],
-            )
-            .await?;
-        client
-            .execute(
-                "DELETE FROM analytics.hourly_users WHERE hour < date_trunc('hour', $1::timestamptz)",
-                &[&horizon],
-            )
-            .await
-    }
-    .await;
-    match rolled {
-        Ok(_) => client.batch_execute("COMMIT").await?,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e.into());
-        }
-    }
-    Ok(client
-        .execute(
-            "DELETE FROM analytics.seen_events WHERE event_time < $1",
-            &[&horizon],
-        )
-        .await?)
 }

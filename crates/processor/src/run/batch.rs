@@ -103,7 +103,12 @@ impl Loop<'_> {
         let Some(probe) = self.probe.as_ref() else {
             return Err(ProcessorError::Internal("no probe connection".into()));
         };
-        let mut known = self.handle.block_on(store::known_keys(probe, &p.valid))?;
+        // The same cut-off for the lookup and the recording (`Staged::ledger_from`).
+        let horizon = self.cfg.retention.dedup_horizon.as_micros() as i64;
+        let ledger_from = EventTime::now().add_micros(-horizon);
+        let mut known = self
+            .handle
+            .block_on(store::known_keys(probe, &p.valid, ledger_from))?;
         if let Some(pending) = pending {
             known.extend(
                 p.valid
@@ -159,6 +164,7 @@ impl Loop<'_> {
             single: (records == 1).then(|| p.offsets[0]),
             first_polled: p.first_polled,
             keys,
+            ledger_from,
             probe_time: probed,
             apply_time: t0.elapsed() - probed,
         })
@@ -367,6 +373,7 @@ impl Staged {
             single: None,
             first_polled: Instant::now(),
             keys: HashSet::new(),
+            ledger_from: EventTime::now(),
             probe_time: Duration::ZERO,
             apply_time: Duration::ZERO,
         }
@@ -421,6 +428,8 @@ pub(super) struct Staged {
     first_polled: Instant,
     /// Keys of `fresh`, for the next batch's probe while this one is in flight.
     keys: HashSet<EventKey>,
+    /// Events older than this are beyond the dedup horizon: not looked up, not recorded.
+    ledger_from: EventTime,
     probe_time: Duration,
     apply_time: Duration,
 }
@@ -463,7 +472,7 @@ async fn run_transaction(
     let mut phases = [Duration::ZERO; 3];
     let tx = client.transaction().await?;
     store::fence(&tx, &cfg.group, &cfg.topic, expected).await?;
-    store::record_keys(&tx, &staged.fresh).await?;
+    store::record_keys(&tx, &staged.fresh, staged.ledger_from).await?;
     store::copy_purchases(&tx, &staged.fresh).await?;
     phases[0] = t0.elapsed();
     let out = &staged.out;

@@ -1,8 +1,10 @@
 //! Work done between batches while the batch connection is home: alerts for windows
 //! that other instances' progress closed and their delivery, lag, idle partitions, the
-//! heartbeat (with the stall state), pending dead letters, and pruning the dedup ledger.
+//! heartbeat (with the stall state), pending dead letters, and day partitions (created
+//! ahead, dropped by retention).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -14,6 +16,7 @@ use super::Loop;
 use crate::engine::BatchOutput;
 use crate::kafka::Letter;
 use crate::metrics::PartitionLabel;
+use crate::retention;
 use crate::store::{self, Position};
 use crate::ProcessorError;
 
@@ -137,15 +140,67 @@ impl Loop<'_> {
         }
     }
 
-    /// Deletes dedup ledger entries beyond the horizon.
-    pub(super) fn prune(&self) {
-        let horizon = EventTime::now().add_micros(-self.cfg.limits.max_age_micros - 3_600_000_000);
-        let Some(client) = &self.client else { return };
-        match self.handle.block_on(store::prune_seen(client, horizon)) {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned dedup ledger beyond the horizon"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning the dedup ledger failed"),
+    /// Creates the day partitions until it succeeds (or `stop`): before the first batch,
+    /// which may write to any day the contract accepts. Failures back off like failed
+    /// batches. Retention waits for the first regular round.
+    pub(super) fn upkeep_patiently(&mut self, stop: &AtomicBool) -> Result<(), ProcessorError> {
+        while !stop.load(Ordering::Relaxed) {
+            let attempt = match self.client.as_ref() {
+                Some(c) if !c.is_closed() => self.maintain(false),
+                _ => self
+                    .handle
+                    .block_on(super::writer_connection(self.cfg))
+                    .map(|c| self.client = Some(c))
+                    .and_then(|()| self.maintain(false)),
+            };
+            match attempt {
+                Ok(()) => {
+                    self.recovered();
+                    return Ok(());
+                }
+                Err(e) if e.is_retriable() => {
+                    let wait = self.note_failure(&e);
+                    tracing::warn!(error = %e, retry_in = ?wait, "creating day partitions failed; retrying");
+                    self.pause(wait, stop);
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
+    }
+
+    /// Creates the day partitions accepted events can reach and drops the days retention
+    /// no longer keeps (see [`crate::retention`]). `Err` leaves it to the next round (the
+    /// partitions are made days ahead, so a missed round costs nothing).
+    pub(super) fn upkeep(&mut self) -> Result<(), ProcessorError> {
+        self.maintain(true)
+    }
+
+    fn maintain(&mut self, enforce: bool) -> Result<(), ProcessorError> {
+        let t0 = Instant::now();
+        let (cfg, metrics) = (self.cfg, self.metrics.clone());
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        let result = self.handle.block_on(async {
+            let created = retention::create_ahead(client, now, &cfg.limits, &cfg.retention).await?;
+            let dropped = if enforce {
+                retention::enforce(client, now, &cfg.limits, &cfg.retention).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, ProcessorError>((created, dropped))
+        });
+        let took = t0.elapsed();
+        metrics.retention_seconds.inc_by(took.as_secs_f64());
+        let (created, dropped) = result?;
+        metrics.partitions_created.inc_by(created);
+        metrics.partitions_dropped.inc_by(dropped.len() as u64);
+        if created > 0 || !dropped.is_empty() {
+            tracing::info!(created, dropped = ?dropped, took_ms = took.as_millis() as u64, "day partitions maintained");
+        }
+        Ok(())
     }
 
     /// A batch without records for the partitions that are idle: caught up and without a
