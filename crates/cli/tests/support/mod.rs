@@ -86,6 +86,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create(s: &Services) -> TestDb {
+        TestDb::create_at(s, None).await
+    }
+
+    /// A fresh database migrated up to schema `version` (`None`: the newest).
+    pub async fn create_at(s: &Services, version: Option<i32>) -> TestDb {
         let name = unique("test");
         let admin = connect(&s.admin_url).await;
         admin
@@ -99,7 +104,7 @@ impl TestDb {
             server_admin_url: s.admin_url.clone(),
             name,
         };
-        let out = db.migrate();
+        let out = db.migrate_to(version);
         assert!(
             out.status.success(),
             "migrate failed: {}",
@@ -147,11 +152,18 @@ impl TestDb {
 
     /// Runs `clickstream migrate` against this database.
     pub fn migrate(&self) -> std::process::Output {
-        clickstream()
-            .arg("migrate")
-            .env("ADMIN_DATABASE_URL", &self.admin_url)
-            .output()
-            .expect("run clickstream migrate")
+        self.migrate_to(None)
+    }
+
+    /// Runs `clickstream migrate --target-version` against this database.
+    pub fn migrate_to(&self, version: Option<i32>) -> std::process::Output {
+        let mut cmd = clickstream();
+        cmd.arg("migrate")
+            .env("ADMIN_DATABASE_URL", &self.admin_url);
+        if let Some(v) = version {
+            cmd.args(["--target-version", &v.to_string()]);
+        }
+        cmd.output().expect("run clickstream migrate")
     }
 
     pub async fn drop(self) {
