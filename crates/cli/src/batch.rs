@@ -14,9 +14,15 @@ use clickstream_model::EventTime;
 /// Settings of `clickstream batch`.
 #[derive(Debug, Args)]
 pub struct BatchArgs {
-    /// Lake root directory.
-    #[arg(long, env = "CLICKSTREAM_LAKE_DIR", default_value = "data")]
-    lake_dir: PathBuf,
+    /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://...`,
+    /// `az://...`, configured by the usual `AWS_*` / `GOOGLE_*` / `AZURE_*` variables).
+    #[arg(
+        long,
+        alias = "lake",
+        env = "CLICKSTREAM_LAKE_DIR",
+        default_value = "data"
+    )]
+    lake_dir: String,
     /// Writer-role PostgreSQL URL for the `analytics.gold_*` tables.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -91,12 +97,13 @@ async fn missed_days(args: &BatchArgs, lake: &Lake) -> anyhow::Result<Vec<String
         .filter(|d| *d < today)
         .collect();
     if args.no_postgres {
-        days.retain(|d| {
-            !lake
-                .gold_dir("daily_funnel", d)
-                .join("part-0.parquet")
-                .exists()
-        });
+        let mut missing = Vec::new();
+        for d in days {
+            if !lake.exists(&lake.gold_file("daily_funnel", &d))? {
+                missing.push(d);
+            }
+        }
+        days = missing;
     } else {
         let c = connect(args.database_url.as_deref(), "batch").await?;
         let done: Vec<String> = c
@@ -122,7 +129,7 @@ fn until(hh: u32, mm: u32) -> Duration {
 }
 
 pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
-    let lake = Lake::new(&args.lake_dir);
+    let lake = Lake::open(&args.lake_dir)?;
     if let Some(day) = &args.date {
         check_date(day)?;
         return run_day(&args, &lake, day).await;
@@ -133,7 +140,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
         .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
         .filter(|(h, m)| *h < 24 && *m < 60)
         .with_context(|| format!("--schedule `{at}` is not HH:MM"))?;
-    tracing::info!(at = %format!("{hh:02}:{mm:02} UTC"), lake = %args.lake_dir.display(), "batch scheduler started");
+    tracing::info!(at = %format!("{hh:02}:{mm:02} UTC"), lake = %args.lake_dir, "batch scheduler started");
     loop {
         for day in missed_days(&args, &lake).await? {
             tracing::info!(day, "running the daily batch");
@@ -169,9 +176,15 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
 /// Settings of `clickstream verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Lake root directory.
-    #[arg(long, env = "CLICKSTREAM_LAKE_DIR", default_value = "data")]
-    lake_dir: PathBuf,
+    /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://...`,
+    /// `az://...`, configured by the usual `AWS_*` / `GOOGLE_*` / `AZURE_*` variables).
+    #[arg(
+        long,
+        alias = "lake",
+        env = "CLICKSTREAM_LAKE_DIR",
+        default_value = "data"
+    )]
+    lake_dir: String,
     /// PostgreSQL URL (the read-only role is enough).
     #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -183,7 +196,7 @@ pub struct VerifyArgs {
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     check_date(&args.date)?;
     let c = connect(Some(&args.database_url), "verify").await?;
-    let lake = Lake::new(&args.lake_dir);
+    let lake = Lake::open(&args.lake_dir)?;
     let (batch_side, diffs) = verify::verify(&lake, &c, &args.date).await?;
     let types: Vec<String> = batch_side
         .iter()

@@ -1,7 +1,6 @@
 //! `clickstream lake`: flags -> [`WriterConfig`], then the bronze / silver writer on a
 //! blocking thread until Ctrl-C or SIGTERM (which commits every open range first).
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +24,16 @@ pub struct LakeArgs {
         default_value = "clickstream-lake"
     )]
     group: String,
-    /// Lake root directory (bronze/, silver/, gold/ below it).
-    #[arg(long, env = "CLICKSTREAM_LAKE_DIR", default_value = "data")]
-    lake_dir: PathBuf,
+    /// The lake (bronze/, silver/, gold/ below it): a directory, or an object store URL
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`, configured by the usual `AWS_*` /
+    /// `GOOGLE_*` / `AZURE_*` variables).
+    #[arg(
+        long,
+        alias = "lake",
+        env = "CLICKSTREAM_LAKE_DIR",
+        default_value = "data"
+    )]
+    lake_dir: String,
     /// Close a partition's files after this many records...
     #[arg(
         long,
@@ -70,7 +76,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     crate::metrics_http::serve(args.metrics_addr, registry).await?;
     let cfg = WriterConfig {
-        root: args.lake_dir,
+        location: args.lake_dir,
         kafka: args.kafka.checked().await?,
         topic: args.topic,
         group: args.group,

@@ -15,9 +15,15 @@ pub struct StatusArgs {
     /// PostgreSQL URL (the read-only role is enough).
     #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    /// Lake root; its writer's progress and retention gaps are shown when it exists.
-    #[arg(long, env = "CLICKSTREAM_LAKE_DIR", default_value = "data")]
-    lake_dir: std::path::PathBuf,
+    /// The lake (a directory or an object store URL); its writer's progress and retention
+    /// gaps are shown when it has bronze data.
+    #[arg(
+        long,
+        alias = "lake",
+        env = "CLICKSTREAM_LAKE_DIR",
+        default_value = "data"
+    )]
+    lake_dir: String,
 }
 
 /// An instance counts as running if seen this recently (as the dashboard's default).
@@ -126,9 +132,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if args.lake_dir.join("bronze").is_dir() {
-        let lake = clickstream_lake::Lake::new(&args.lake_dir);
-        let committed = lake.committed_offsets().context("reading the lake")?;
+    let lake = clickstream_lake::Lake::open(&args.lake_dir)?;
+    let committed = lake.committed_offsets().context("reading the lake")?;
+    if !committed.is_empty() {
         let gaps = lake
             .retention_gaps()
             .context("reading the lake's retention gaps")?;
@@ -139,13 +145,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         let lost: i64 = gaps.values().sum();
         println!(
             "lake {}: {lake_lag} records not yet committed to bronze/silver{}",
-            args.lake_dir.display(),
+            lake.location(),
             if lost > 0 {
                 format!(
-                    "; {lost} RECORDS LOST TO KAFKA RETENTION before the lake read them (see {})",
-                    args.lake_dir
-                        .join(clickstream_lake::layout::GAPS_FILE)
-                        .display()
+                    "; {lost} RECORDS LOST TO KAFKA RETENTION before the lake read them (see {}/{})",
+                    lake.location(),
+                    clickstream_lake::layout::GAPS_DIR
                 )
             } else {
                 String::new()

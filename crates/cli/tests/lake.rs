@@ -19,18 +19,31 @@ struct LakeWriter(std::process::Child, std::path::PathBuf);
 
 impl LakeWriter {
     fn start(s: &Services, topic: &str, dir: &Path, extra: &[&str]) -> LakeWriter {
-        let log_path = dir.with_extension("log");
-        let log = std::fs::File::create(&log_path).unwrap();
+        let location = dir.to_str().unwrap();
+        LakeWriter::start_at(s, topic, location, &dir.with_extension("log"), &[], extra)
+    }
+
+    /// A writer on the lake at `location` (a directory or a URL) with `env` added,
+    /// logging to `log`.
+    fn start_at(
+        s: &Services,
+        topic: &str,
+        location: &str,
+        log: &Path,
+        env: &[(String, String)],
+        extra: &[&str],
+    ) -> LakeWriter {
+        let file = std::fs::File::create(log).unwrap();
         let child = clickstream()
             .args(["lake", "--bootstrap", &s.bootstrap, "--topic", topic])
             .args(["--group", &unique("lake"), "--metrics-addr", "127.0.0.1:0"])
-            .arg("--lake-dir")
-            .arg(dir)
+            .args(["--lake-dir", location])
             .args(extra)
-            .stderr(log)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stderr(file)
             .spawn()
             .expect("start clickstream lake");
-        LakeWriter(child, log_path)
+        LakeWriter(child, log.to_path_buf())
     }
 
     /// Waits until the writer has its signal handler and partitions (a SIGTERM before that
@@ -137,19 +150,10 @@ async fn bronze_and_silver_hold_each_record_once_across_kill_9() {
     let ends = end_offsets(&recs);
     let dir = lake_dir();
     let lake = Lake::new(&dir);
-    // Small ranges so kills land between, during and after commits.
-    let flags = [
-        "--roll-records",
-        "2000",
-        "--row-group-rows",
-        "700",
-        "--roll-interval",
-        "2s",
-    ];
     let mut kills = 0;
     let mut rng = random_u64();
     while kills < 6 {
-        let w = LakeWriter::start(&s, &topic, &dir, &flags);
+        let w = LakeWriter::start(&s, &topic, &dir, &KILL_FLAGS);
         rng = rng
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -157,77 +161,12 @@ async fn bronze_and_silver_hold_each_record_once_across_kill_9() {
         w.kill9();
         kills += 1;
     }
-    let w = LakeWriter::start(&s, &topic, &dir, &flags);
+    let w = LakeWriter::start(&s, &topic, &dir, &KILL_FLAGS);
     // The killed runs may have committed everything already: stop only a started writer.
     w.wait_started();
     wait_committed(&lake, &ends, Duration::from_secs(180)).await;
     w.stop();
-
-    // Bronze: every offset of every partition exactly once, bytes untouched.
-    let mut bronze = HashMap::new();
-    for (path, range) in lake.files("bronze").unwrap() {
-        for r in read_bronze(&path).unwrap() {
-            assert_eq!(r.partition, range.partition, "{}", path.display());
-            assert!(
-                (range.start..range.end).contains(&r.offset),
-                "{}",
-                path.display()
-            );
-            let dup = bronze.insert((r.partition, r.offset), r.value);
-            assert!(
-                dup.is_none(),
-                "offset {}/{} twice in bronze",
-                r.partition,
-                r.offset
-            );
-        }
-    }
-    assert_eq!(bronze.len(), recs.len(), "bronze rows = records produced");
-    for r in &recs {
-        assert_eq!(
-            bronze[&(r.partition, r.offset)].as_deref(),
-            Some(&r.value[..])
-        );
-    }
-
-    // Silver: the distinct valid events, each under its event date and type.
-    let mut silver = HashSet::new();
-    let mut dates = HashSet::new();
-    for (path, _) in lake.files("silver").unwrap() {
-        let dir_date = path
-            .parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let dir_type = path
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        for e in read_silver(&path).unwrap() {
-            let date = EventTime::from_micros(e.event_time_us).date_string();
-            assert_eq!(dir_date, format!("event_date={date}"));
-            assert_eq!(dir_type, format!("event_type={}", e.event_type.as_str()));
-            dates.insert(date);
-            let fresh = silver.insert((e.event_id, e.kafka_partition, e.kafka_offset));
-            assert!(fresh, "event {} twice in silver", e.event_id);
-        }
-    }
-    assert_eq!(dates.len(), 2, "the run crosses midnight: {dates:?}");
-    let want = expected_silver(&recs);
-    assert_eq!(silver.len(), want.len(), "silver = distinct valid events");
-    assert!(
-        silver == want,
-        "silver differs from the distinct valid events"
-    );
+    assert_each_record_once(&lake, &recs);
     // Nothing temporary or uncommitted is left behind.
     let mut stray = Vec::new();
     for layer in ["bronze", "silver"] {
@@ -239,6 +178,63 @@ async fn bronze_and_silver_hold_each_record_once_across_kill_9() {
     }
     assert!(stray.is_empty(), "{stray:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Small ranges so kills land between, during and after commits.
+const KILL_FLAGS: [&str; 6] = [
+    "--roll-records",
+    "2000",
+    "--row-group-rows",
+    "700",
+    "--roll-interval",
+    "2s",
+];
+
+/// Bronze holds every offset of `recs` once with its bytes untouched; silver the distinct
+/// valid events, each once, under its event date and type.
+fn assert_each_record_once(lake: &Lake, recs: &[Rec]) {
+    let mut bronze = HashMap::new();
+    for (file, range) in lake.files("bronze").unwrap() {
+        for r in read_bronze(lake, &file).unwrap() {
+            assert_eq!(r.partition, range.partition, "{file}");
+            assert!((range.start..range.end).contains(&r.offset), "{file}");
+            let dup = bronze.insert((r.partition, r.offset), r.value);
+            assert!(
+                dup.is_none(),
+                "offset {}/{} twice in bronze",
+                r.partition,
+                r.offset
+            );
+        }
+    }
+    assert_eq!(bronze.len(), recs.len(), "bronze rows = records produced");
+    for r in recs {
+        assert_eq!(
+            bronze[&(r.partition, r.offset)].as_deref(),
+            Some(&r.value[..])
+        );
+    }
+    let mut silver = HashSet::new();
+    let mut dates = HashSet::new();
+    for (file, _) in lake.files("silver").unwrap() {
+        let dir_date = file.partition_value("event_date").unwrap().to_string();
+        let dir_type = file.partition_value("event_type").unwrap().to_string();
+        for e in read_silver(lake, &file).unwrap() {
+            let date = EventTime::from_micros(e.event_time_us).date_string();
+            assert_eq!(dir_date, date, "{file}");
+            assert_eq!(dir_type, e.event_type.as_str(), "{file}");
+            dates.insert(date);
+            let fresh = silver.insert((e.event_id, e.kafka_partition, e.kafka_offset));
+            assert!(fresh, "event {} twice in silver", e.event_id);
+        }
+    }
+    assert_eq!(dates.len(), 2, "the run crosses midnight: {dates:?}");
+    let want = expected_silver(recs);
+    assert_eq!(silver.len(), want.len(), "silver = distinct valid events");
+    assert!(
+        silver == want,
+        "silver differs from the distinct valid events"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -585,7 +581,7 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
     }
     // Verify notices when the two sides disagree: drop one silver file of the first day.
     let victim = lake.silver_files_of(&days[0]).unwrap().pop().unwrap().0;
-    std::fs::remove_file(&victim).unwrap();
+    std::fs::remove_file(dir.join(victim.key())).unwrap();
     let out = clickstream()
         .args([
             "verify",
@@ -784,10 +780,12 @@ async fn gold_matches_a_reference_verify_agrees_and_reruns_are_identical() {
 
 /// Offsets of the bronze files under `dir`, sorted.
 fn bronze_offsets(dir: &Path) -> Vec<i64> {
-    let mut offsets: Vec<i64> = walk(&dir.join("bronze"))
+    let lake = Lake::new(dir);
+    let mut offsets: Vec<i64> = lake
+        .files("bronze")
+        .unwrap()
         .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .flat_map(|p| read_bronze(p).unwrap())
+        .flat_map(|(f, _)| read_bronze(&lake, f).unwrap())
         .map(|r| r.offset)
         .collect();
     offsets.sort_unstable();

@@ -5,8 +5,6 @@
 //! `gold/dim_product/`. Idempotent: a re-run replaces the day's files (same bytes for
 //! the same silver) and rows (delete + insert in one transaction).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,10 +18,10 @@ use parquet::arrow::ArrowWriter;
 use tokio_postgres::Client;
 
 use crate::gold::{DayAccumulator, Gold, UserDay, MONTH_DAYS};
-use crate::layout::{sync_dir, Lake};
+use crate::layout::Lake;
 use crate::read::{for_each_silver, row_count};
 use crate::schema::writer_properties;
-use crate::LakeError;
+use crate::{LakeError, LakeFile};
 
 /// What one batch run did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,19 +53,17 @@ pub fn day_string(epoch_day: i32) -> String {
 /// The day's silver, accumulated file by file: the accumulator and how many files / rows
 /// were read.
 pub fn accumulate_day(lake: &Lake, day: &str) -> Result<(DayAccumulator, usize, usize), LakeError> {
-    let files = lake
-        .silver_files_of(day)
-        .map_err(|e| LakeError::io(lake.root(), e))?;
+    let files = lake.silver_files_of(day)?;
     // Sized up front from the footers: growing the dedup set doubles it, old and new
     // tables side by side, which was a third of the batch's peak memory.
     let mut expected = 0;
     for (path, _) in &files {
-        expected += row_count(path)?;
+        expected += row_count(lake, path)?;
     }
     let mut acc = DayAccumulator::with_capacity(expected);
     let mut rows = 0;
     for (path, _) in &files {
-        for_each_silver(path, |e| {
+        for_each_silver(lake, path, |e| {
             rows += 1;
             acc.add(&e);
         })?;
@@ -110,13 +106,11 @@ pub async fn run(
 /// A day's per-user summaries: from gold if the day was batched, else from its silver
 /// (written to gold for next time), else empty.
 fn user_days_of(lake: &Lake, day: &str) -> Result<Vec<UserDay>, LakeError> {
-    let path = lake.gold_dir("user_daily", day).join("part-0.parquet");
-    if path.exists() {
-        return read_user_days(&path);
+    let file = lake.gold_file("user_daily", day);
+    if lake.exists(&file)? {
+        return read_user_days(lake, &file);
     }
-    let files = lake
-        .silver_files_of(day)
-        .map_err(|e| LakeError::io(lake.root(), e))?;
+    let files = lake.silver_files_of(day)?;
     if files.is_empty() {
         return Ok(Vec::new());
     }
@@ -125,10 +119,9 @@ fn user_days_of(lake: &Lake, day: &str) -> Result<Vec<UserDay>, LakeError> {
     Ok(users)
 }
 
-fn read_user_days(path: &Path) -> Result<Vec<UserDay>, LakeError> {
-    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
-    let corrupt = || LakeError::Corrupt(path.display().to_string());
+fn read_user_days(lake: &Lake, path: &LakeFile) -> Result<Vec<UserDay>, LakeError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(lake.open_file(path)?)?.build()?;
+    let corrupt = || LakeError::Corrupt(path.to_string());
     let mut out = Vec::new();
     for b in reader {
         let b = b?;
@@ -201,10 +194,8 @@ fn user_day_columns(day: &str, users: &[UserDay]) -> Result<Columns, LakeError> 
     ])
 }
 
-/// Writes one gold table file for `day` (temporary name, then rename over the old one).
-fn write_table(lake: &Lake, table: &str, day: &str, cols: Columns) -> Result<PathBuf, LakeError> {
-    let dir = lake.gold_dir(table, day);
-    std::fs::create_dir_all(&dir).map_err(|e| LakeError::io(&dir, e))?;
+/// Writes one gold table file for `day`, replacing the previous one whole.
+fn write_table(lake: &Lake, table: &str, day: &str, cols: Columns) -> Result<LakeFile, LakeError> {
     let schema = Arc::new(Schema::new(
         cols.iter()
             .map(|(n, a)| {
@@ -217,16 +208,12 @@ fn write_table(lake: &Lake, table: &str, day: &str, cols: Columns) -> Result<Pat
             .collect::<Vec<_>>(),
     ));
     let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|(_, a)| a).collect())?;
-    let tmp = dir.join("part-0.parquet.tmp");
-    let dest = dir.join("part-0.parquet");
-    let file = File::create(&tmp).map_err(|e| LakeError::io(&tmp, e))?;
-    let mut w = ArrowWriter::try_new(file, schema, Some(writer_properties(1 << 20)))?;
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties(1 << 20)))?;
     w.write(&batch)?;
-    let file = w.into_inner()?;
-    file.sync_all().map_err(|e| LakeError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &dest).map_err(|e| LakeError::io(&dest, e))?;
-    sync_dir(&dir).map_err(|e| LakeError::io(&dir, e))?;
-    Ok(dest)
+    let body = w.into_inner()?;
+    let file = lake.gold_file(table, day);
+    lake.put(&file, body)?;
+    Ok(file)
 }
 
 /// Snapshots `analytics.dim_product` (the shop's catalog: name, category, list price,

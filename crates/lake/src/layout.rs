@@ -7,16 +7,20 @@
 //! ```
 //!
 //! A bronze or silver file holds the records of one Kafka partition with offsets in
-//! `[start, end)`, both in its name. Files are written as `*.tmp` and renamed when complete;
-//! the bronze file of a range is renamed last, so it is the commit: a range is in the lake
-//! exactly when its bronze file is. On start the writer resumes each partition at the
-//! largest committed `end`, and deletes temporary files and silver files of ranges that were
-//! never committed. Names are deterministic, so a repeated range rewrites the same names.
+//! `[start, end)`, both in its name. Files are staged on local disk and published under
+//! their final name when complete (a rename in a directory, an upload to an object store:
+//! no object is ever renamed or appended to); the bronze file of a range is published last,
+//! so it is the commit: a range is in the lake exactly when its bronze file is, and readers
+//! skip silver files of ranges without one. On start the writer resumes each partition at
+//! the largest committed `end`, and deletes staged files and silver files of ranges that
+//! were never committed. Names are deterministic, so a repeated range writes the same names.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::store::{Backend, LakeFile, Source};
+use crate::LakeError;
 
 /// A file's Kafka partition and offset range (`end` exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,123 +60,172 @@ impl Range {
     }
 }
 
-/// Where the writer notes records lost to retention.
+/// Where earlier versions noted records lost to retention (one JSON line per gap, at the
+/// root of a local lake); still read.
 pub const GAPS_FILE: &str = "_retention_gaps.jsonl";
+/// Where the writer notes records lost to retention: one small object per gap (an object
+/// store cannot append).
+pub const GAPS_DIR: &str = "_retention_gaps";
 
-/// The lake's root directory.
-#[derive(Debug, Clone)]
+/// FNV-1a 64 of a string (stable names derived from a location).
+pub(crate) fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The lake: a local directory or an object store prefix (see [`crate::store`]).
+#[derive(Clone)]
 pub struct Lake {
-    root: PathBuf,
+    backend: Arc<Backend>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Lake").field(&self.location()).finish()
+    }
 }
 
 impl Lake {
-    /// The lake under `root` (created on first write).
+    /// The lake in the local directory `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Lake {
-        Lake { root: root.into() }
+        Lake {
+            backend: Arc::new(Backend::Local(root.into())),
+        }
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The lake at `location`: a directory, `file:///dir`, or an object store URL
+    /// (`s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`), configured by
+    /// the usual `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables.
+    pub fn open(location: &str) -> Result<Lake, LakeError> {
+        Lake::open_with(location, crate::store::store_options())
     }
 
-    /// Bronze directory of one ingest date.
-    pub fn bronze_dir(&self, date: &str) -> PathBuf {
-        self.root.join("bronze").join(format!("ingest_date={date}"))
+    /// [`Lake::open`] with explicit object store options (`aws_endpoint`,
+    /// `aws_access_key_id`, ...) instead of the environment's.
+    pub fn open_with(
+        location: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Lake, LakeError> {
+        Ok(Lake {
+            backend: Arc::new(Backend::open(location, options)?),
+        })
     }
 
-    /// Silver directory of one event date and type.
-    pub fn silver_dir(&self, date: &str, event_type: &str) -> PathBuf {
-        self.root
-            .join("silver")
-            .join(format!("event_date={date}"))
-            .join(format!("event_type={event_type}"))
+    /// Where the lake is (a directory or a URL), for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
     }
 
-    /// Gold directory of one table and date.
-    pub fn gold_dir(&self, table: &str, date: &str) -> PathBuf {
-        self.root
-            .join("gold")
-            .join(table)
-            .join(format!("date={date}"))
+    /// The local directory, when the lake is one.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.backend.local_root()
     }
 
-    /// Every file under `layer` (`bronze` / `silver`) as (path, range), sorted.
-    pub fn files(&self, layer: &str) -> io::Result<Vec<(PathBuf, Range)>> {
-        let mut out = Vec::new();
-        walk(&self.root.join(layer), &mut |p| {
-            if let Some(r) = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(Range::parse)
-            {
-                out.push((p.to_path_buf(), r));
-            }
-        })?;
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Key of the bronze directory of one ingest date.
+    pub fn bronze_dir(&self, date: &str) -> String {
+        format!("bronze/ingest_date={date}")
+    }
+
+    /// Key of the silver directory of one event date and type.
+    pub fn silver_dir(&self, date: &str, event_type: &str) -> String {
+        format!("silver/event_date={date}/event_type={event_type}")
+    }
+
+    /// Key of the gold file of one table and date.
+    pub fn gold_file(&self, table: &str, date: &str) -> LakeFile {
+        LakeFile::new(format!("gold/{table}/date={date}/part-0.parquet"))
+    }
+
+    /// Whether the lake has `file`.
+    pub fn exists(&self, file: &LakeFile) -> Result<bool, LakeError> {
+        self.backend.exists(file.key())
+    }
+
+    /// Opens `file` for the Parquet reader.
+    pub fn open_file(&self, file: &LakeFile) -> Result<Source, LakeError> {
+        self.backend.open_file(file)
+    }
+
+    /// Writes `body` as `file`, replacing it whole (gold files).
+    pub fn put(&self, file: &LakeFile, body: Vec<u8>) -> Result<(), LakeError> {
+        self.backend.put(file.key(), body.into())
+    }
+
+    fn ranges(&self, prefix: &str) -> Result<Vec<(LakeFile, Range)>, LakeError> {
+        let mut out: Vec<(LakeFile, Range)> = self
+            .backend
+            .list(prefix)?
+            .into_iter()
+            .filter_map(|f| Range::parse(f.name()).map(|r| (f, r)))
+            .collect();
         out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         Ok(out)
     }
 
-    /// Silver files of one event date (all types), sorted by partition and offset.
-    pub fn silver_files_of(&self, date: &str) -> io::Result<Vec<(PathBuf, Range)>> {
-        let mut out = Vec::new();
-        walk(
-            &self.root.join("silver").join(format!("event_date={date}")),
-            &mut |p| {
-                if let Some(r) = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(Range::parse)
-                {
-                    out.push((p.to_path_buf(), r));
-                }
-            },
-        )?;
-        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(out)
+    /// Every file under `layer` (`bronze` / `silver`) as (file, range), sorted; silver
+    /// includes files of ranges still being published (see [`Lake::committed_silver`]).
+    pub fn files(&self, layer: &str) -> Result<Vec<(LakeFile, Range)>, LakeError> {
+        self.ranges(layer)
+    }
+
+    /// Committed silver files of one event date (all types), sorted by partition and
+    /// offset: files of a range whose bronze file (the commit) is not there yet, because
+    /// the writer is publishing it or crashed doing so, are left out.
+    pub fn silver_files_of(&self, date: &str) -> Result<Vec<(LakeFile, Range)>, LakeError> {
+        let committed: std::collections::HashSet<Range> =
+            self.files("bronze")?.into_iter().map(|(_, r)| r).collect();
+        Ok(self
+            .ranges(&format!("silver/event_date={date}"))?
+            .into_iter()
+            .filter(|(_, r)| committed.contains(r))
+            .collect())
     }
 
     /// Event dates that have silver data, sorted.
-    pub fn silver_dates(&self) -> io::Result<Vec<String>> {
-        let dir = self.root.join("silver");
-        let mut out = Vec::new();
-        if !dir.exists() {
-            return Ok(out);
-        }
-        for e in fs::read_dir(dir)? {
-            let name = e?.file_name();
-            if let Some(d) = name.to_str().and_then(|n| n.strip_prefix("event_date=")) {
-                out.push(d.to_string());
-            }
-        }
+    pub fn silver_dates(&self) -> Result<Vec<String>, LakeError> {
+        let mut out: Vec<String> = self
+            .backend
+            .dirs("silver")?
+            .into_iter()
+            .filter_map(|n| n.strip_prefix("event_date=").map(String::from))
+            .collect();
         out.sort();
         Ok(out)
     }
 
     /// Records that retention deleted offsets `[from, to)` of `partition` before the lake
-    /// read them: one JSON line in `_retention_gaps.jsonl` at the root (read by `status`).
-    pub fn record_gap(&self, partition: i32, from: i64, to: i64) -> io::Result<()> {
-        use std::io::Write;
-        fs::create_dir_all(&self.root)?;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join(GAPS_FILE))?;
-        writeln!(
-            f,
-            "{{\"partition\":{partition},\"from\":{from},\"to\":{to},\"records\":{},\"detected_at\":\"{}\"}}",
+    /// read them, as one object under `_retention_gaps/` (read by `status`).
+    pub fn record_gap(&self, partition: i32, from: i64, to: i64) -> Result<(), LakeError> {
+        let body = format!(
+            "{{\"partition\":{partition},\"from\":{from},\"to\":{to},\"records\":{},\"detected_at\":\"{}\"}}\n",
             to - from,
             clickstream_model::EventTime::now()
-        )
+        );
+        let key = format!("{GAPS_DIR}/p{partition:03}-{from:020}-{to:020}.json");
+        self.backend.put(&key, body.into_bytes().into())
     }
 
-    /// Records lost to retention so far, per partition (from [`Lake::record_gap`]).
-    pub fn retention_gaps(&self) -> io::Result<HashMap<i32, i64>> {
-        let text = match fs::read_to_string(self.root.join(GAPS_FILE)) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
-            Err(e) => return Err(e),
-        };
+    /// Records lost to retention so far, per partition (from [`Lake::record_gap`], and the
+    /// single file of earlier versions).
+    pub fn retention_gaps(&self) -> Result<HashMap<i32, i64>, LakeError> {
+        let mut text = String::new();
+        let mut files = self.backend.list(GAPS_DIR)?;
+        if self.backend.exists(GAPS_FILE)? {
+            files.push(LakeFile::new(GAPS_FILE));
+        }
+        for f in files {
+            let body = self.backend.read_all(&f)?;
+            text.push_str(&String::from_utf8_lossy(&body));
+            text.push('\n');
+        }
         let mut out = HashMap::new();
         for line in text.lines() {
             let field = |name: &str| -> Option<i64> {
@@ -187,7 +240,7 @@ impl Lake {
     }
 
     /// Committed end offset per partition: the largest `end` of its bronze files.
-    pub fn committed_offsets(&self) -> io::Result<HashMap<i32, i64>> {
+    pub fn committed_offsets(&self) -> Result<HashMap<i32, i64>, LakeError> {
         let mut out: HashMap<i32, i64> = HashMap::new();
         for (_, r) in self.files("bronze")? {
             let e = out.entry(r.partition).or_insert(0);
@@ -196,53 +249,20 @@ impl Lake {
         Ok(out)
     }
 
-    /// Removes what a crash can leave behind: temporary files, and silver files of ranges
-    /// whose bronze file (the commit) was never renamed into place. Returns how many
-    /// files were removed.
-    pub fn recover(&self) -> io::Result<usize> {
+    /// Removes what a crash can leave behind: staged files, and silver files of ranges
+    /// whose bronze file (the commit) was never published. Returns how many files were
+    /// removed.
+    pub fn recover(&self) -> Result<usize, LakeError> {
+        let mut removed = self.backend.clear_staging()?;
         let committed = self.committed_offsets()?;
-        let mut doomed = Vec::new();
-        for layer in ["bronze", "silver"] {
-            walk(&self.root.join(layer), &mut |p| {
-                if p.extension().is_some_and(|e| e == "tmp") {
-                    doomed.push(p.to_path_buf());
-                }
-            })?;
-        }
-        for (path, r) in self.files("silver")? {
+        for (file, r) in self.files("silver")? {
             if r.start >= committed.get(&r.partition).copied().unwrap_or(0) {
-                doomed.push(path);
+                self.backend.delete(file.key())?;
+                removed += 1;
             }
         }
-        for p in &doomed {
-            fs::remove_file(p)?;
-        }
-        Ok(doomed.len())
+        Ok(removed)
     }
-}
-
-/// Calls `f` for every regular file below `dir` (missing `dir` = nothing).
-fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for e in entries {
-        let e = e?;
-        let ty = e.file_type()?;
-        if ty.is_dir() {
-            walk(&e.path(), f)?;
-        } else if ty.is_file() {
-            f(&e.path());
-        }
-    }
-    Ok(())
-}
-
-/// Makes a rename durable: fsync of the directory that holds the new name.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`layout`]: directory layout, file names (Kafka offset ranges), crash recovery.
+//! - [`store`]: a local directory or an object store (S3, GCS, Azure) behind one API.
 //! - [`schema`]: Arrow schemas and row buffers of bronze and silver.
 //! - [`writer`]: the consumer that writes bronze and silver.
 //! - [`read`]: reading silver events and bronze records back.
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod read;
 pub mod report;
 pub mod schema;
+pub mod store;
 pub mod verify;
 pub mod writer;
 
@@ -28,6 +30,7 @@ use thiserror::Error;
 
 pub use layout::Lake;
 pub use metrics::LakeMetrics;
+pub use store::LakeFile;
 pub use writer::{LakeWriter, WriterConfig, WriterReport};
 
 /// Errors of the lake.
@@ -56,6 +59,9 @@ pub enum LakeError {
     /// A lake file does not have the expected columns.
     #[error("{0}: not a lake file of this version (unexpected columns)")]
     Corrupt(String),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
     /// PostgreSQL failed.
     #[error("postgres: {0}")]
     Postgres(String),

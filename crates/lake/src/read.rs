@@ -1,8 +1,6 @@
 //! Reading the lake back: silver events (only the columns the batch needs) and bronze
 //! record positions, with the `parquet` crate's Arrow reader.
 
-use std::fs::File;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{
@@ -13,7 +11,7 @@ use clickstream_model::EventType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
-use crate::LakeError;
+use crate::{Lake, LakeError, LakeFile};
 
 /// The silver columns the daily batch uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +87,11 @@ const SILVER_COLUMNS: [&str; 14] = [
 
 /// The file's batches (of the given columns), decoded lazily.
 fn batches(
-    path: &Path,
+    lake: &Lake,
+    file: &LakeFile,
     columns: &[&str],
 ) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>>, LakeError> {
-    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(lake.open_file(file)?)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
     let reader = builder
         .with_projection(mask)
@@ -103,34 +101,41 @@ fn batches(
 }
 
 /// Rows in a Parquet file, from its footer.
-pub fn row_count(path: &Path) -> Result<usize, LakeError> {
-    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+pub fn row_count(lake: &Lake, file: &LakeFile) -> Result<usize, LakeError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(lake.open_file(file)?)?;
     Ok(builder.metadata().file_metadata().num_rows().max(0) as usize)
 }
 
-fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, LakeError> {
+fn col<'a, T: 'static>(
+    b: &'a RecordBatch,
+    name: &str,
+    path: &LakeFile,
+) -> Result<&'a T, LakeError> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| LakeError::Corrupt(format!("{} (column {name})", path.display())))
+        .ok_or_else(|| LakeError::Corrupt(format!("{} (column {name})", path)))
 }
 
-fn uuid_of(s: &str, path: &Path) -> Result<u128, LakeError> {
+fn uuid_of(s: &str, path: &LakeFile) -> Result<u128, LakeError> {
     uuid::Uuid::parse_str(s)
         .map(|u| u.as_u128())
-        .map_err(|_| LakeError::Corrupt(format!("{} (bad uuid {s})", path.display())))
+        .map_err(|_| LakeError::Corrupt(format!("{} (bad uuid {s})", path)))
 }
 
 /// Every event of one silver file.
-pub fn read_silver(path: &Path) -> Result<Vec<SilverEvent>, LakeError> {
+pub fn read_silver(lake: &Lake, path: &LakeFile) -> Result<Vec<SilverEvent>, LakeError> {
     let mut out = Vec::new();
-    for_each_silver(path, |e| out.push(e))?;
+    for_each_silver(lake, path, |e| out.push(e))?;
     Ok(out)
 }
 
 /// Calls `f` with every event of one silver file, a batch at a time (the file is never
 /// decoded whole).
-pub fn for_each_silver(path: &Path, mut f: impl FnMut(SilverEvent)) -> Result<(), LakeError> {
+pub fn for_each_silver(
+    lake: &Lake,
+    path: &LakeFile,
+    mut f: impl FnMut(SilverEvent),
+) -> Result<(), LakeError> {
     // Repeated strings (products, categories) share one allocation per file.
     let mut interned: std::collections::HashMap<String, Arc<str>> = Default::default();
     let mut intern = |s: &str| -> Arc<str> {
@@ -141,7 +146,7 @@ pub fn for_each_silver(path: &Path, mut f: impl FnMut(SilverEvent)) -> Result<()
         interned.insert(s.to_string(), a.clone());
         a
     };
-    for b in batches(path, &SILVER_COLUMNS)? {
+    for b in batches(lake, path, &SILVER_COLUMNS)? {
         let b = b?;
         let id = col::<StringArray>(&b, "event_id", path)?;
         let ty = col::<StringArray>(&b, "event_type", path)?;
@@ -164,7 +169,7 @@ pub fn for_each_silver(path: &Path, mut f: impl FnMut(SilverEvent)) -> Result<()
             let event_type = ty
                 .value(i)
                 .parse::<EventType>()
-                .map_err(|_| LakeError::Corrupt(format!("{} (event type)", path.display())))?;
+                .map_err(|_| LakeError::Corrupt(format!("{} (event type)", path)))?;
             f(SilverEvent {
                 event_id: uuid_of(id.value(i), path)?,
                 event_type,
@@ -202,9 +207,9 @@ pub struct BronzeRecord {
 }
 
 /// Every record of one bronze file.
-pub fn read_bronze(path: &Path) -> Result<Vec<BronzeRecord>, LakeError> {
+pub fn read_bronze(lake: &Lake, path: &LakeFile) -> Result<Vec<BronzeRecord>, LakeError> {
     let mut out = Vec::new();
-    for b in batches(path, &["kafka_partition", "kafka_offset", "value"])? {
+    for b in batches(lake, path, &["kafka_partition", "kafka_offset", "value"])? {
         let b = b?;
         let part = col::<Int32Array>(&b, "kafka_partition", path)?;
         let off = col::<Int64Array>(&b, "kafka_offset", path)?;

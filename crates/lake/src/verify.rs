@@ -47,13 +47,11 @@ pub type Sides = BTreeMap<(&'static str, String), Counts>;
 
 /// The day's numbers from silver.
 pub fn batch_side(lake: &Lake, day: &str) -> Result<Sides, LakeError> {
-    let files = lake
-        .silver_files_of(day)
-        .map_err(|e| LakeError::io(lake.root(), e))?;
+    let files = lake.silver_files_of(day)?;
     let mut seen = HashSet::new();
     let mut out = Sides::new();
     for (path, _) in &files {
-        for_each_silver(path, |e| {
+        for_each_silver(lake, path, |e| {
             if seen.insert(e.key()) {
                 add(&mut out, &e);
             }

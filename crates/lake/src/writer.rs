@@ -4,8 +4,8 @@
 //! Per Kafka partition there is one open bronze file and one open silver file per (event
 //! date, event type), all covering the same offset range. A range is closed ("rolled")
 //! when it reaches `roll_records`, when it is `roll_interval` old, when the ingest date
-//! changes, or on shutdown: silver files are finished and renamed, then the bronze file,
-//! which commits the range (see [`crate::layout`]). Kafka offsets are committed after
+//! changes, or on shutdown: silver files are finished and published, then the bronze
+//! file, which commits the range (see [`crate::layout`]). Kafka offsets are committed after
 //! that, for lag tools only; the lake's own files say where to resume.
 //!
 //! Deduplication in silver is per partition (events are keyed by user, so a re-sent event
@@ -29,12 +29,12 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::layout::{sync_dir, Lake, Range};
+use crate::layout::{Lake, Range};
 use crate::read::{dedup_key, DedupKey};
 use crate::schema::{
     bronze_schema, silver_schema, writer_properties, BronzeRows, RawRecord, SilverRows,
 };
-use crate::LakeError;
+use crate::{LakeError, LakeFile};
 
 /// Rows collected before they are handed to the Parquet writer (which builds row groups
 /// of `row_group_rows` from them): small, so raw rows are not buffered twice.
@@ -43,8 +43,8 @@ const WRITE_BATCH_ROWS: usize = 4096;
 /// Settings of the lake writer.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
-    /// Lake root directory.
-    pub root: PathBuf,
+    /// The lake: a directory or an object store URL (see [`Lake::open`]).
+    pub location: String,
     /// Bootstrap servers and every Kafka client property (TLS, SASL, tuning).
     pub kafka: clickstream_kafka::KafkaConnection,
     /// Raw topic.
@@ -86,36 +86,45 @@ pub struct WriterReport {
     pub lost_to_retention: u64,
 }
 
-/// A Parquet file being written under a temporary name.
+/// A Parquet file being written to a staged local file, published when its range closes.
 struct OpenFile {
-    tmp: PathBuf,
-    dir: PathBuf,
+    staged: PathBuf,
+    /// Key of the directory it is published in.
+    dir: String,
     writer: ArrowWriter<File>,
 }
 
 impl OpenFile {
     fn create(
-        dir: PathBuf,
+        lake: &Lake,
+        dir: String,
         partition: i32,
         start: i64,
         schema: arrow_schema::SchemaRef,
         rows: usize,
     ) -> Result<OpenFile, LakeError> {
-        std::fs::create_dir_all(&dir).map_err(|e| LakeError::io(&dir, e))?;
-        let tmp = dir.join(format!("part-p{partition:03}-{start:020}.parquet.tmp"));
-        let file = File::create(&tmp).map_err(|e| LakeError::io(&tmp, e))?;
+        let staged = lake
+            .backend()
+            .staging(&format!("{dir}/part-p{partition:03}-{start:020}.parquet"))?;
+        let file = File::create(&staged).map_err(|e| LakeError::io(&staged, e))?;
         let writer = ArrowWriter::try_new(file, schema, Some(writer_properties(rows)))?;
-        Ok(OpenFile { tmp, dir, writer })
+        Ok(OpenFile {
+            staged,
+            dir,
+            writer,
+        })
     }
 
-    /// Finishes the file and renames it to its range's name (durably).
-    fn commit(self, range: Range) -> Result<PathBuf, LakeError> {
+    /// Finishes the file and publishes it under its range's name (durably).
+    fn commit(self, lake: &Lake, range: Range) -> Result<(), LakeError> {
         let file = self.writer.into_inner()?;
-        file.sync_all().map_err(|e| LakeError::io(&self.tmp, e))?;
-        let dest = self.dir.join(range.file_name());
-        std::fs::rename(&self.tmp, &dest).map_err(|e| LakeError::io(&dest, e))?;
-        sync_dir(&self.dir).map_err(|e| LakeError::io(&self.dir, e))?;
-        Ok(dest)
+        if lake.local_root().is_some() {
+            file.sync_all()
+                .map_err(|e| LakeError::io(&self.staged, e))?;
+        }
+        drop(file);
+        let key = format!("{}/{}", self.dir, range.file_name());
+        lake.backend().publish(&self.staged, &key)
     }
 }
 
@@ -194,7 +203,7 @@ impl PartitionFiles {
 pub struct LakeWriter {
     cfg: WriterConfig,
     lake: Lake,
-    _lock: File,
+    _lock: Option<File>,
     parts: HashMap<i32, PartitionFiles>,
     report: WriterReport,
 }
@@ -203,13 +212,21 @@ impl LakeWriter {
     /// Takes the lake's lock, removes what a crash left behind, and loads each
     /// partition's resume offset and dedup window.
     pub fn open(cfg: WriterConfig) -> Result<LakeWriter, LakeError> {
-        std::fs::create_dir_all(&cfg.root).map_err(|e| LakeError::io(&cfg.root, e))?;
-        let lock_path = cfg.root.join(".writer.lock");
-        let lock = File::create(&lock_path).map_err(|e| LakeError::io(&lock_path, e))?;
-        lock.try_lock()
-            .map_err(|_| LakeError::Locked(cfg.root.display().to_string()))?;
-        let lake = Lake::new(&cfg.root);
-        let removed = lake.recover().map_err(|e| LakeError::io(lake.root(), e))?;
+        let lake = Lake::open(&cfg.location)?;
+        // A directory has a lock file; an object store has no lock to take, so keeping a
+        // second writer away from its prefix is the deployment's job (one replica).
+        let lock = match lake.local_root() {
+            Some(root) => {
+                std::fs::create_dir_all(root).map_err(|e| LakeError::io(root, e))?;
+                let lock_path = root.join(".writer.lock");
+                let lock = File::create(&lock_path).map_err(|e| LakeError::io(&lock_path, e))?;
+                lock.try_lock()
+                    .map_err(|_| LakeError::Locked(root.display().to_string()))?;
+                Some(lock)
+            }
+            None => None,
+        };
+        let removed = lake.recover()?;
         if removed > 0 {
             tracing::info!(removed, "removed files of ranges that were never committed");
         }
@@ -224,9 +241,9 @@ impl LakeWriter {
 
     /// Rebuilds partition `p`'s dedup window from its newest committed silver files
     /// (`silver`: every silver file of the lake, listed once for all partitions).
-    fn load_dedup(&self, p: i32, silver: &[(PathBuf, Range)]) -> Result<Dedup, LakeError> {
+    fn load_dedup(&self, p: i32, silver: &[(LakeFile, Range)]) -> Result<Dedup, LakeError> {
         let window_s = self.cfg.dedup_window.as_secs() as i64;
-        let mut by_range: BTreeMap<Range, Vec<&PathBuf>> = BTreeMap::new();
+        let mut by_range: BTreeMap<Range, Vec<&LakeFile>> = BTreeMap::new();
         for (path, r) in silver.iter().filter(|(_, r)| r.partition == p) {
             by_range.entry(*r).or_default().push(path);
         }
@@ -235,7 +252,7 @@ impl LakeWriter {
         for (_, paths) in by_range.iter().rev() {
             let mut range_max = i64::MIN;
             for path in paths {
-                for (t, id) in read_ids(path)? {
+                for (t, id) in read_ids(&self.lake, path)? {
                     range_max = range_max.max(t);
                     ids.push((t, id));
                 }
@@ -289,14 +306,8 @@ impl LakeWriter {
                 bootstrap = self.cfg.kafka.bootstrap,
             )));
         }
-        let committed = self
-            .lake
-            .committed_offsets()
-            .map_err(|e| LakeError::io(self.lake.root(), e))?;
-        let silver = self
-            .lake
-            .files("silver")
-            .map_err(|e| LakeError::io(self.lake.root(), e))?;
+        let committed = self.lake.committed_offsets()?;
+        let silver = self.lake.files("silver")?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             let mut start = committed.get(p).copied().unwrap_or(0);
@@ -331,7 +342,7 @@ impl LakeWriter {
                 ends.insert(*p, high);
             }
         }
-        tracing::info!(topic = %self.cfg.topic, partitions = partitions.len(), root = %self.lake.root().display(), "lake writer started");
+        tracing::info!(topic = %self.cfg.topic, partitions = partitions.len(), lake = %self.lake.location(), "lake writer started");
         let mut policy = self.policy();
         let mut last_check = Instant::now();
         let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -468,7 +479,14 @@ impl LakeWriter {
             f.bronze_date = date.clone();
             let dir = self.lake.bronze_dir(&date);
             f.bronze = Some((
-                OpenFile::create(dir, r.partition, r.offset, bronze_schema(), rg_rows)?,
+                OpenFile::create(
+                    &self.lake,
+                    dir,
+                    r.partition,
+                    r.offset,
+                    bronze_schema(),
+                    rg_rows,
+                )?,
                 BronzeRows::default(),
             ));
         }
@@ -494,6 +512,7 @@ impl LakeWriter {
                             let (d, t) = v.key();
                             let dir = self.lake.silver_dir(d, t.as_str());
                             let file = OpenFile::create(
+                                &self.lake,
                                 dir,
                                 r.partition,
                                 f.start,
@@ -542,12 +561,12 @@ impl LakeWriter {
             if !srows.is_empty() {
                 sf.writer.write(&srows.finish())?;
             }
-            sf.commit(range)?;
+            sf.commit(&self.lake, range)?;
         }
         if !rows.is_empty() {
             bf.writer.write(&rows.finish())?;
         }
-        bf.commit(range)?;
+        bf.commit(&self.lake, range)?;
         self.report.events += f.pending_events;
         self.report.ranges += 1;
         self.cfg.metrics.events.inc_by(f.pending_events);
@@ -587,12 +606,11 @@ impl LakeWriter {
 }
 
 /// `(event time µs, event id)` of every row of a silver file.
-fn read_ids(path: &std::path::Path) -> Result<Vec<(i64, u128)>, LakeError> {
-    let file = File::open(path).map_err(|e| LakeError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+fn read_ids(lake: &Lake, path: &LakeFile) -> Result<Vec<(i64, u128)>, LakeError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(lake.open_file(path)?)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id", "event_time"]);
     let reader = builder.with_projection(mask).build()?;
-    let corrupt = || LakeError::Corrupt(path.display().to_string());
+    let corrupt = || LakeError::Corrupt(path.to_string());
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch?;
