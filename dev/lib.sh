@@ -136,3 +136,7 @@ superset_venv() {
 K8S_PINS="kubernetes-validate==1.37.0 PyYAML==6.0.4 jsonschema==4.26.0"
 # shellcheck disable=SC2086
 k8s_venv() { pinned_venv k8s kubernetes-validate "$K8S_PINS" $K8S_PINS; }
+
+# moto's S3-compatible server for the object-store lake test (crates/cli/tests/lake.rs).
+MOTO_PIN="moto[server]==5.2.5"
+moto_venv() { pinned_venv moto moto_server "$MOTO_PIN" "$MOTO_PIN"; }

@@ -2,7 +2,8 @@
 # Installs what building and testing needs on a fresh Debian/Ubuntu machine: the C toolchain
 # and headers rdkafka's vendored librdkafka build wants, Rust's rustfmt and clippy, Python's
 # YAML module for the compose check, Chromium for the browser tests, and the pinned venvs
-# of dbt + DuckDB (dbt/), Airflow (dags/) and Superset (deploy/superset/). Fast and silent when everything is already there.
+# of dbt + DuckDB (dbt/), Airflow (dags/), Superset (deploy/superset/), the Kubernetes
+# validator and moto (an S3 server for the lake test). Fast and silent when it is all there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -21,3 +22,4 @@ dbt_venv >/dev/null
 airflow_venv >/dev/null
 superset_venv >/dev/null
 k8s_venv >/dev/null
+moto_venv >/dev/null

@@ -10,12 +10,13 @@ cd "$ROOT"
 dev/setup.sh
 dev/stack.sh up
 load_env
-# The dbt, Airflow and Superset tests (crates/cli/tests/{dbt,airflow,superset}.rs) run
-# these venvs' tools.
+# The dbt, Airflow, Superset and S3 lake tests (crates/cli/tests/{dbt,airflow,superset,
+# lake}.rs) run these venvs' tools.
 CLICKSTREAM_DBT_VENV=$(dbt_venv)
 CLICKSTREAM_AIRFLOW_VENV=$(airflow_venv)
 CLICKSTREAM_SUPERSET_VENV=$(superset_venv)
-export CLICKSTREAM_DBT_VENV CLICKSTREAM_AIRFLOW_VENV CLICKSTREAM_SUPERSET_VENV
+CLICKSTREAM_MOTO_VENV=$(moto_venv)
+export CLICKSTREAM_DBT_VENV CLICKSTREAM_AIRFLOW_VENV CLICKSTREAM_SUPERSET_VENV CLICKSTREAM_MOTO_VENV
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

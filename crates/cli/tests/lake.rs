@@ -901,3 +901,182 @@ async fn a_missing_topic_stops_the_lake_writer_with_a_clear_message() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// moto's S3-compatible server (from the venv `dev/setup.sh` creates) on a free port, with
+/// one bucket; stopped on drop.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> S3Server {
+        use std::io::{Read, Write};
+        let venv = python_venv("CLICKSTREAM_MOTO_VENV", "venv-moto", "moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(unique("moto") + ".log")).unwrap();
+        let child = std::process::Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start moto_server");
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut conn = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("moto_server did not listen on {port}: {e}"),
+            }
+        };
+        write!(
+            conn,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+        server
+    }
+
+    /// `object_store`'s settings for this server.
+    fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "testing"),
+            ("aws_secret_access_key", "testing"),
+            ("aws_region", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The same, as the environment variables a command reads.
+    fn env(&self) -> Vec<(String, String)> {
+        self.options()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The exactly-once kill test on an S3 lake, half of the kills aimed at the moment the
+/// writer starts uploading a range's commit file; then the gold batch runs on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_lake_holds_each_record_once_across_kill_9_mid_upload() {
+    let s = services();
+    let (topic, recs) = seeded_topic(&s, 60_000).await;
+    let ends = end_offsets(&recs);
+    let s3 = S3Server::start("lake");
+    let location = format!("s3://lake/{}", unique("run"));
+    let lake = Lake::open_with(&location, s3.options()).unwrap();
+    let log = std::env::temp_dir().join(unique("s3-lake") + ".log");
+    let mut env = s3.env();
+    env.push((
+        "CLICKSTREAM_LOG".into(),
+        "info,clickstream_lake=debug".into(),
+    ));
+    let mut rng = random_u64();
+    let mut aimed = 0;
+    for round in 0..6 {
+        let w = LakeWriter::start_at(&s, &topic, &location, &log, &env, &KILL_FLAGS);
+        if round % 2 == 0 {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            std::thread::sleep(Duration::from_millis(800 + (rng >> 33) % 1500));
+        } else {
+            // Each start truncates the log: the first bronze upload of this run.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text
+                    .lines()
+                    .any(|l| l.contains("uploading") && l.contains("bronze/"))
+                {
+                    aimed += 1;
+                    break;
+                }
+                if Instant::now() > deadline {
+                    break; // everything may be committed already
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        w.kill9();
+    }
+    assert!(aimed > 0, "no kill landed on an upload");
+    // A file larger than a part goes up in parts and comes back byte for byte.
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let staged = std::env::temp_dir().join(unique("big"));
+    std::fs::write(&staged, &big).unwrap();
+    let file = clickstream_lake::LakeFile::new("tmp-check/big.bin");
+    lake.publish(&staged, &file).unwrap();
+    assert!(!staged.exists(), "the staged copy is removed");
+    let back = match lake.open_file(&file).unwrap() {
+        clickstream_lake::store::Source::Bytes(b) => b.to_vec(),
+        clickstream_lake::store::Source::File(_) => panic!("an S3 object read as a file"),
+    };
+    assert!(back == big, "20 MiB round trip");
+    let w = LakeWriter::start_at(&s, &topic, &location, &log, &env, &KILL_FLAGS);
+    w.wait_started();
+    wait_committed(&lake, &ends, Duration::from_secs(180)).await;
+    w.stop();
+    assert_each_record_once(&lake, &recs);
+    // Only committed part files (and no retention gaps) are in the bucket.
+    for prefix in ["bronze", "silver", "_retention_gaps"] {
+        for (file, range) in lake.files(prefix).unwrap() {
+            assert!(file.key().ends_with(".parquet"), "{file}");
+            assert!(range.end > range.start, "{file}");
+        }
+    }
+
+    // The gold batch reads the S3 silver and writes gold to S3, equal to the reference.
+    let refs = reference_days(&recs);
+    let day = refs.keys().max().unwrap().clone();
+    let out = clickstream()
+        .args([
+            "batch",
+            "--no-postgres",
+            "--date",
+            &day,
+            "--lake-dir",
+            &location,
+        ])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let events: i64 = err
+        .split("events=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no events= in {err}"));
+    assert_eq!(events, refs[&day].0.events, "gold events of {day}");
+    assert!(lake.exists(&lake.gold_file("daily_funnel", &day)).unwrap());
+}

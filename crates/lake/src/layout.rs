@@ -154,6 +154,12 @@ impl Lake {
         self.backend.open_file(file)
     }
 
+    /// Publishes the finished local file `staged` as `file` (whole or not at all; large
+    /// files are uploaded in parts) and removes the local copy.
+    pub fn publish(&self, staged: &Path, file: &LakeFile) -> Result<(), LakeError> {
+        self.backend.publish(staged, file.key())
+    }
+
     /// Writes `body` as `file`, replacing it whole (gold files).
     pub fn put(&self, file: &LakeFile, body: Vec<u8>) -> Result<(), LakeError> {
         self.backend.put(file.key(), body.into())

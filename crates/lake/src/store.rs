@@ -77,8 +77,18 @@ pub(crate) struct Remote {
     spool: PathBuf,
     /// Object store calls run here: callers are synchronous, and may be running inside
     /// another runtime (an async command, a blocking task), where blocking on its handle
-    /// would panic.
-    runtime: tokio::runtime::Runtime,
+    /// would panic. `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside an async caller: nothing is in
+        // flight between calls, so let its threads go without waiting.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Remote {
@@ -88,8 +98,9 @@ impl Remote {
         F: std::future::Future + Send,
         F::Output: Send,
     {
+        let rt = self.runtime.as_ref().expect("runtime present until drop");
         std::thread::scope(|s| {
-            s.spawn(|| self.runtime.block_on(f))
+            s.spawn(|| rt.block_on(f))
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
@@ -160,7 +171,7 @@ impl Backend {
             prefix,
             url: location.trim_end_matches('/').to_string(),
             spool,
-            runtime,
+            runtime: Some(runtime),
         }))
     }
 
