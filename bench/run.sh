@@ -10,6 +10,10 @@
 #   bench/run.sh collect       HTTP collector: events/s into Kafka with requests of 1 and of
 #                              50 events over keep-alive connections, request latency at a
 #                              steady 10,000 events/s, collector peak RSS and CPU
+#   bench/run.sh soak          endurance: BENCH_SOAK_RECORDS (30000000) records spread over
+#                              BENCH_SOAK_DAYS (7) days of event time, one processor on the
+#                              event-time clock: throughput per BENCH_SOAK_SLICE (5000000)
+#                              records, RSS, database size, ledger rows, retention work
 #   bench/run.sh fuzz          property-based fuzzing of decode -> validate -> operators,
 #                              BENCH_FUZZ_CASES (default 1000000) cases per property, release
 #   bench/run.sh               all of them (but fuzz)
@@ -219,5 +223,71 @@ if [ "$what" = collect ] || [ "$what" = all ]; then
     notes+=("" "| collector latency at a steady 10,000 events/s (batches of 50, 8 connections) | requests | p50 | p99 | non-200 | collector peak RSS |"
         "|---|---:|---:|---:|---:|---:|"
         "| ${secs} s | $(f requests) | $(f p50_ms) ms | $(f p99_ms) ms | $(f non_200) | $((rss / 1024)) MB |")
+fi
+if [ "$what" = soak ]; then
+    # A week of traffic compressed into minutes: the processor runs on the event-time
+    # clock, so the contract's bounds, the dedup horizon and day-partition retention follow
+    # the replayed week, and the tables reach their steady size within the run.
+    S=${BENCH_SOAK_RECORDS:-30000000}
+    DAYS=${BENCH_SOAK_DAYS:-7}
+    SLICE=${BENCH_SOAK_SLICE:-5000000}
+    SOAK_FLAGS=${BENCH_SOAK_FLAGS:---max-event-age 2days --dedup-horizon 1day --retain-aggregates 4days --retain-details 4days --retain-errors 4days}
+    base=${ADMIN_DATABASE_URL%/*}
+    export ADMIN_DATABASE_URL="$base/clickstream_bench"
+    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
+    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
+    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
+    "$BIN" migrate >&2 2>/dev/null
+    stamp=$(date +%s)
+    topic="bench.soak.$stamp"
+    group="soak-$stamp"
+    # DAYS of event time at the rate that fits S records in them, ending about now.
+    eps=$(( (S + DAYS * 86400 - 1) / (DAYS * 86400) ))
+    start=$(date -u -d "-$DAYS days +2 hours" +%Y-%m-%dT%H:%M:%SZ)
+    g0=$(date +%s)
+    "$BIN" generate --topic "$topic" --no-pacing --no-catalog --progress never --start "$start" --eps "$eps" -n "$S" 2>/dev/null
+    echo "soak: $S records, $eps events per second of event time from $start, generated in $(( $(date +%s) - g0 )) s; process flags: --clock event-time $SOAK_FLAGS" >&2
+    committed() {
+        psql "$ADMIN_DATABASE_URL" -tAc "SELECT coalesce(sum(next_offset),0) FROM analytics.consumer_offsets WHERE consumer_group = '$group'"
+    }
+    pg0=$(pg_cpu)
+    # shellcheck disable=SC2086 # flags are words
+    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-soak-time.txt" \
+        "$BIN" process --topic "$topic" --group "$group" --metrics-addr 127.0.0.1:0 --clock event-time $SOAK_FLAGS 2>"$STATE/bench-soak.log" &
+    tpid=$!
+    until ppid=$(pgrep -P "$tpid" -x clickstream); do sleep 0.1; done
+    until grep -q 'addr=' "$STATE/bench-soak.log"; do sleep 0.1; done
+    maddr=$(grep -o 'addr=[0-9.:]*' "$STATE/bench-soak.log" | head -n1 | cut -d= -f2)
+    metric() { curl -s "http://$maddr/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+    notes+=("" "| soak slice (records) | records/s | processor RSS | PostgreSQL database | ledger rows | day partitions | event-time clock | retention work so far |"
+        "|---|---:|---:|---:|---:|---:|---|---:|")
+    until [ "$(committed)" -gt 0 ]; do sleep 0.1; done
+    t_prev=$(date +%s.%N); c_prev=$(committed); next=$SLICE; first_rate=""; rate=0
+    while :; do
+        sleep 1
+        c=$(committed)
+        if [ "$c" -ge "$next" ] || [ "$c" -ge "$S" ]; then
+            t=$(date +%s.%N)
+            rate=$(echo "($c - $c_prev) / ($t - $t_prev)" | bc)
+            [ -n "$first_rate" ] || first_rate=$rate
+            rss=$(grep VmRSS "/proc/$ppid/status" | tr -dc 0-9)
+            read -r dbsize ledger parts clock <<<"$(psql "$ADMIN_DATABASE_URL" -tA -F' ' -c "SELECT pg_database_size(current_database()) / 1048576,
+                    (SELECT coalesce(sum(n_live_tup), 0) FROM pg_stat_user_tables WHERE relname LIKE 'seen\_events\_p%'),
+                    (SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent WHERE c.relnamespace = 'analytics'::regnamespace),
+                    (SELECT to_char(max(max_event_time) AT TIME ZONE 'UTC', 'MM-DD HH24:MI') FROM analytics.consumer_offsets WHERE consumer_group = '$group')")"
+            notes+=("| $c_prev - $c | $rate | $((rss / 1024)) MB | $dbsize MB | $ledger | $parts | $clock | $(metric clickstream_processor_retention_seconds_total) s |")
+            t_prev=$t; c_prev=$c; next=$((next + SLICE))
+            [ "$c" -ge "$S" ] && break
+        fi
+    done
+    pg1=$(pg_cpu)
+    dbsize=$(psql "$ADMIN_DATABASE_URL" -tAc "SELECT pg_database_size(current_database()) / 1048576")
+    dropped=$(metric clickstream_processor_partitions_dropped_total)
+    kill -TERM "$ppid"; wait "$tpid" || true
+    rss=$(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-soak-time.txt" | cut -d= -f2)
+    cpu=$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-soak-time.txt" | cut -d= -f2)
+    printf '| soak: %s records, %s days of event time (event-time clock) | 1 instance, defaults + %s | last slice %s (first %s, %s%%) | %s MB | %s | %s |\n' \
+        "$S" "$DAYS" "$SOAK_FLAGS" "$rate" "$first_rate" "$((100 * rate / first_rate))" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$S")" "$(cpu_per_m "$pg1 - $pg0" "$S")"
+    notes+=("" "soak: PostgreSQL database $dbsize MB at the end ($(echo "scale=1; $dbsize * 1000000 / $S" | bc) MB per million events processed), $dropped day partitions dropped by retention")
 fi
 for line in "${notes[@]}"; do echo "$line"; done

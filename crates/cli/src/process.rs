@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use clickstream_processor::clock::ClockMode;
 use clickstream_processor::metrics::{Metrics, Registry};
 use clickstream_processor::retention::Retention;
 use clickstream_processor::store::AlertRule;
@@ -99,6 +100,18 @@ pub struct ProcessArgs {
     /// Days of rejected and late records kept (`0s`: forever).
     #[arg(long, env = "CLICKSTREAM_RETAIN_ERRORS", default_value = "30days", value_parser = humantime::parse_duration)]
     retain_errors: Duration,
+    /// The clock event times are judged by: `wall`, or `event-time` (the largest valid event
+    /// time consumed so far) to replay recorded traffic or compress days into minutes, with
+    /// the age bounds, idle partitions, the dedup horizon and retention following the data.
+    #[arg(long, env = "CLICKSTREAM_CLOCK", value_enum, default_value_t = Clock::Wall)]
+    clock: Clock,
+}
+
+/// `--clock` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Clock {
+    Wall,
+    EventTime,
 }
 
 pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
@@ -134,6 +147,10 @@ pub async fn run(args: ProcessArgs) -> anyhow::Result<()> {
         },
         limits,
         retention,
+        clock: match args.clock {
+            Clock::Wall => ClockMode::Wall,
+            Clock::EventTime => ClockMode::EventTime,
+        },
         audit_events: args.audit,
         durable_commits: args.durable_commits,
         session_timeout: args.session_timeout,

@@ -15,6 +15,7 @@
 //! - [`retry`]: backoff and the stall state, and isolating records PostgreSQL refuses.
 //! - [`run`]: the micro-batch loop (consumer, batch transaction, housekeeping).
 //! - [`retention`]: day partitions created ahead and dropped by retention.
+//! - [`clock`]: the processing clock (wall, or event time for replays).
 //!
 //! # Exactly once
 //!
@@ -25,6 +26,7 @@
 //! never apply a batch twice. Offsets are committed to Kafka only afterwards, for lag tools.
 
 pub mod alerts;
+pub mod clock;
 pub mod engine;
 pub mod kafka;
 pub mod metrics;

@@ -71,6 +71,8 @@ pub struct ProcessorConfig {
     pub limits: ContractLimits,
     /// How long event keys are remembered and each table family keeps its days.
     pub retention: crate::retention::Retention,
+    /// The clock event times are judged by (see [`crate::clock`]).
+    pub clock: crate::clock::ClockMode,
     /// Keep every valid distinct event in `analytics.events`.
     pub audit_events: bool,
     /// Wait for each batch's WAL flush before the next batch (PostgreSQL's
@@ -141,6 +143,8 @@ struct Loop<'a> {
     /// Reads the dedup ledger while a transaction holds `client`.
     probe: Option<Client>,
     consumer: BaseConsumer<RestoringContext>,
+    /// The processing clock.
+    clock: crate::clock::Clock,
     dlq: DeadLetters,
     metrics: Arc<Metrics>,
     sinks: Vec<Box<dyn AlertSink>>,
@@ -200,6 +204,7 @@ pub fn run(
         client: Some(client),
         probe: None,
         consumer,
+        clock: crate::clock::Clock::new(cfg.clock),
         dlq,
         metrics,
         sinks,
@@ -221,6 +226,9 @@ pub fn run(
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let mut next_upkeep = Instant::now();
+    // Also when the processing clock enters a new day (soon after midnight, or a day of a
+    // replay every few seconds).
+    let mut upkept_day = l.clock.now().date_string();
     let mut last_idle = Instant::now();
     let mut last_metadata = Instant::now();
     // Pipelined: while batch N's transaction runs on the runtime, this thread polls,
@@ -325,7 +333,9 @@ pub fn run(
             l.refresh_partition_count();
             last_metadata = Instant::now();
         }
-        if Instant::now() >= next_upkeep {
+        let day = l.clock.now().date_string();
+        if Instant::now() >= next_upkeep || day != upkept_day {
+            upkept_day = day;
             next_upkeep = match l.upkeep() {
                 Ok(()) => Instant::now() + UPKEEP_EVERY,
                 Err(e) => {

@@ -31,7 +31,7 @@ impl Loop<'_> {
     /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
     /// commit that covers them, so a crash can repeat a dead letter but never lose one).
     pub(super) fn prepare(&mut self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
-        let policy = self.cfg.limits.policy(EventTime::now());
+        let policy = self.cfg.limits.policy(self.clock.now());
         let mut valid = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -55,11 +55,14 @@ impl Loop<'_> {
                 continue;
             }
             match parse_event(&r.payload, &policy) {
-                Ok(event) => valid.push(SourcedEvent {
-                    event,
-                    partition: r.partition,
-                    offset: r.offset,
-                }),
+                Ok(event) => {
+                    self.clock.observe(event.timestamp);
+                    valid.push(SourcedEvent {
+                        event,
+                        partition: r.partition,
+                        offset: r.offset,
+                    })
+                }
                 Err(reason) => rejected.push(reject(reason.code(), reason.to_string())),
             }
         }
@@ -105,7 +108,7 @@ impl Loop<'_> {
         };
         // The same cut-off for the lookup and the recording (`Staged::ledger_from`).
         let horizon = self.cfg.retention.dedup_horizon.as_micros() as i64;
-        let ledger_from = EventTime::now().add_micros(-horizon);
+        let ledger_from = self.clock.now().add_micros(-horizon);
         let mut known = self
             .handle
             .block_on(store::known_keys(probe, &p.valid, ledger_from))?;
@@ -123,7 +126,7 @@ impl Loop<'_> {
             fresh.retain(|e| !known.contains(&e.event.key()));
         }
         let engine = &self.cfg.engine;
-        let now = EventTime::now();
+        let now = self.clock.now();
         let mut out = BatchOutput::default();
         for e in &fresh {
             if let Some(part) = self.parts.get_mut(&e.partition) {

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream_model::EventTime;
 use rdkafka::consumer::Consumer;
 
 use super::batch::Staged;
@@ -182,7 +181,8 @@ impl Loop<'_> {
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
-        let now = Utc::now();
+        let now = chrono::DateTime::from_timestamp_micros(self.clock.now().as_micros())
+            .unwrap_or_else(Utc::now);
         let result = self.handle.block_on(async {
             let created = retention::create_ahead(client, now, &cfg.limits, &cfg.retention).await?;
             let dropped = if enforce {
@@ -214,7 +214,7 @@ impl Loop<'_> {
             return None;
         }
         let engine = &self.cfg.engine;
-        let now = EventTime::now();
+        let now = self.clock.now();
         let mut out = BatchOutput::default();
         let mut positions = Vec::new();
         let mut ends = HashMap::new();
