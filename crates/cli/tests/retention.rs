@@ -501,3 +501,102 @@ async fn ledger_drops_resends_across_a_day_boundary_and_a_restart() {
     assert_eq!(sessions, 4, "sessions across midnight stay one row each");
     db.drop().await;
 }
+
+/// A replay of old traffic on the event-time clock: events from weeks ago are judged by
+/// the replayed time, not rejected as too old, and retention and the dedup horizon follow
+/// the replayed days.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_time_clock_replays_old_days_with_their_retention() {
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let topic = unique("replay");
+    create_topic(&s.bootstrap, &topic, 1).await;
+    // Six days of traffic ending 20 days ago: 40 events per day, two per hour at :10, :40.
+    let end_day = Utc::now().date_naive() - Days::new(20);
+    let first_day = end_day - Days::new(5);
+    let mut records = Vec::new();
+    for d in first_day.iter_days().take_while(|d| *d <= end_day) {
+        for h in 0..20u32 {
+            for m in [10, 40] {
+                let t = d.and_hms_opt(h, m, 0).unwrap().and_utc().timestamp_micros();
+                let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+                let e = event(t, EventType::PageView, user, session);
+                records.push((Some(user.as_bytes().to_vec()), e.to_json()));
+            }
+        }
+    }
+    produce(&s, &topic, &records);
+    let group = unique("g");
+    let flags = [
+        "--clock",
+        "event-time",
+        "--max-event-age",
+        "1day",
+        "--retain-aggregates",
+        "3days",
+        "--retain-details",
+        "3days",
+        "--retain-errors",
+        "3days",
+    ];
+    let p = Processor::start(&s, &db, &topic, &unique("dlq"), &group, &flags);
+    let ends = std::collections::HashMap::from([(0, records.len() as i64)]);
+    wait_caught_up(
+        &db.admin_url,
+        &group,
+        &topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The last day's upkeep runs when the clock enters it, before its batch commits.
+    std::thread::sleep(Duration::from_secs(2));
+    p.stop();
+
+    let c = connect(&db.admin_url).await;
+    let rejected: i64 = c
+        .query_one("SELECT count(*) FROM analytics.rejected_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rejected, 0,
+        "weeks-old events are current on the replayed clock"
+    );
+    // The clock ends at the last event (end_day 19:40): the aggregates keep three days
+    // behind it, the ledger one day (plus an hour).
+    let last = end_day.and_hms_opt(19, 40, 0).unwrap().and_utc();
+    let kept_from = |keep: chrono::Duration| (last - keep).date_naive();
+    let minutes = partitions(&c, "metrics_minute").await;
+    let days_with_rows: Vec<NaiveDate> = minutes
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(d, _)| *d)
+        .collect();
+    let want: Vec<NaiveDate> = kept_from(chrono::Duration::days(3))
+        .iter_days()
+        .take_while(|d| *d <= end_day)
+        .collect();
+    assert_eq!(days_with_rows, want, "metrics_minute days with rows");
+    let ledger: Vec<NaiveDate> = partitions(&c, "seen_events")
+        .await
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(d, _)| *d)
+        .collect();
+    let want: Vec<NaiveDate> = kept_from(chrono::Duration::days(1) + chrono::Duration::hours(1))
+        .iter_days()
+        .take_while(|d| *d <= end_day)
+        .collect();
+    assert_eq!(ledger, want, "ledger days with rows");
+    let events: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute WHERE minute >= $1",
+            &[&want[0].and_hms_opt(0, 0, 0).unwrap().and_utc()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 40 * want.len() as i64, "the kept days are complete");
+    db.drop().await;
+}

@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use clickstream_model::EventTime;
+use clickstream_model::{ContractLimits, EventTime, ValidationPolicy};
+
+/// A bound that never binds: a century, in µs.
+const UNBOUNDED: i64 = 100 * 366 * 86_400 * 1_000_000;
 
 /// Which clock the processor runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,10 +47,39 @@ impl Clock {
     }
 
     /// Notes a valid event's time (moves an event-time clock forward; never back).
-    pub fn observe(&self, t: EventTime) {
+    /// Returns whether the clock moved.
+    pub fn observe(&self, t: EventTime) -> bool {
+        self.mode == ClockMode::EventTime
+            && self.latest.fetch_max(t.as_micros(), Ordering::Relaxed) < t.as_micros()
+    }
+
+    /// Whether this is the event-time clock.
+    pub fn follows_events(&self) -> bool {
+        self.mode == ClockMode::EventTime
+    }
+
+    /// Sets an event-time clock to `t` (state reloaded from PostgreSQL: the largest event
+    /// time committed for the assigned partitions), so a batch retried after a failure is
+    /// judged by the clock it was first judged by.
+    pub fn reset(&self, t: Option<EventTime>) {
         if self.mode == ClockMode::EventTime {
-            self.latest.fetch_max(t.as_micros(), Ordering::Relaxed);
+            self.latest
+                .store(t.map_or(i64::MIN, EventTime::as_micros), Ordering::Relaxed);
         }
+    }
+
+    /// The validation policy of `limits` now. On the event-time clock nothing is in the
+    /// future (an event ahead of the clock moves it), and before the first event nothing
+    /// is too old either (the first event sets the clock).
+    pub fn policy(&self, limits: &ContractLimits) -> ValidationPolicy {
+        let mut p = limits.policy(self.now());
+        if self.mode == ClockMode::EventTime {
+            p.max_future_micros = UNBOUNDED;
+            if self.latest.load(Ordering::Relaxed) == i64::MIN {
+                p.max_age_micros = UNBOUNDED;
+            }
+        }
+        p
     }
 }
 
@@ -63,8 +95,21 @@ mod tests {
         assert!(wall.now() > old);
         let replay = Clock::new(ClockMode::EventTime);
         assert!(replay.now() > old, "the wall clock before the first event");
-        replay.observe(EventTime::from_micros(5_000_000));
-        replay.observe(EventTime::from_micros(3_000_000));
+        let limits = ContractLimits::default();
+        let first = replay.policy(&limits);
+        assert!(
+            first.max_age_micros > 10 * limits.max_age_micros,
+            "no age bound yet"
+        );
+        assert!(replay.observe(EventTime::from_micros(5_000_000)));
+        assert!(!replay.observe(EventTime::from_micros(3_000_000)));
         assert_eq!(replay.now(), EventTime::from_micros(5_000_000));
+        let p = replay.policy(&limits);
+        assert_eq!(p.max_age_micros, limits.max_age_micros);
+        assert!(p.max_future_micros > 10 * limits.max_age_micros);
+        assert_eq!(
+            wall.policy(&limits).max_future_micros,
+            limits.max_future_micros
+        );
     }
 }

@@ -161,6 +161,42 @@ pub async fn create_ahead(
     Ok(created)
 }
 
+/// The days every partitioned table has partitions for after [`create_ahead`] at `now`
+/// (and before retention next runs).
+pub fn ready_days(
+    now: DateTime<Utc>,
+    limits: &ContractLimits,
+    retention: &Retention,
+) -> (NaiveDate, NaiveDate) {
+    PARTITIONED
+        .iter()
+        .map(|(_, f)| needed_days(*f, now, limits, retention))
+        .fold((NaiveDate::MIN, NaiveDate::MAX), |(a, b), (f, l)| {
+            (a.max(f), b.min(l))
+        })
+}
+
+/// Creates the missing partitions of every partitioned table for `first..=last` (a batch
+/// that reaches days outside [`ready_days`]: a replay, a clock that jumped); returns how
+/// many were created.
+pub async fn create_days(
+    client: &Client,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<u64, ProcessorError> {
+    let mut created = 0u64;
+    for (table, _) in PARTITIONED {
+        let row = client
+            .query_one(
+                "SELECT analytics.create_day_partitions($1, $2, $3)",
+                &[table, &first, &last],
+            )
+            .await?;
+        created += row.get::<_, i32>(0).max(0) as u64;
+    }
+    Ok(created)
+}
+
 /// Drops the day partitions each family no longer keeps at `now`, and rolls up the
 /// `hourly_users` days it drops into `hourly_user_counts` in the same transaction.
 /// Returns the dropped partitions' names.

@@ -145,6 +145,11 @@ struct Loop<'a> {
     consumer: BaseConsumer<RestoringContext>,
     /// The processing clock.
     clock: crate::clock::Clock,
+    /// The processing clock when the last committed batch was staged: retention on the
+    /// event-time clock goes by it, never dropping days a staged batch still writes to.
+    committed_clock: Option<EventTime>,
+    /// Days every partitioned table has partitions for (see [`crate::retention`]).
+    ready_days: Option<(chrono::NaiveDate, chrono::NaiveDate)>,
     dlq: DeadLetters,
     metrics: Arc<Metrics>,
     sinks: Vec<Box<dyn AlertSink>>,
@@ -205,6 +210,8 @@ pub fn run(
         probe: None,
         consumer,
         clock: crate::clock::Clock::new(cfg.clock),
+        ready_days: None,
+        committed_clock: None,
         dlq,
         metrics,
         sinks,
@@ -226,9 +233,16 @@ pub fn run(
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let mut next_upkeep = Instant::now();
-    // Also when the processing clock enters a new day (soon after midnight, or a day of a
-    // replay every few seconds).
-    let mut upkept_day = l.clock.now().date_string();
+    // Also when the processing clock (or, for retention on the event-time clock, the clock
+    // of the last commit) enters a new day: soon after midnight, or every few seconds of a
+    // replay.
+    let upkeep_days = |l: &Loop<'_>| {
+        (
+            l.clock.now().date_string(),
+            l.committed_clock.map(|c| c.date_string()),
+        )
+    };
+    let mut upkept_day = upkeep_days(&l);
     let mut last_idle = Instant::now();
     let mut last_metadata = Instant::now();
     // Pipelined: while batch N's transaction runs on the runtime, this thread polls,
@@ -333,7 +347,7 @@ pub fn run(
             l.refresh_partition_count();
             last_metadata = Instant::now();
         }
-        let day = l.clock.now().date_string();
+        let day = upkeep_days(&l);
         if Instant::now() >= next_upkeep || day != upkept_day {
             upkept_day = day;
             next_upkeep = match l.upkeep() {

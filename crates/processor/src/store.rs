@@ -633,11 +633,14 @@ pub struct Rejected {
 /// Largest payload prefix kept in the rejected table.
 pub const REJECTED_PAYLOAD_LIMIT: usize = 64 * 1024;
 
-/// Writes rejected records (idempotent by source position).
+/// Writes rejected records (idempotent by source position), stamped with the processing
+/// clock's `rejected_at` (the partition key: the processor keeps partitions for its
+/// clock's days, not the database server's).
 pub async fn write_rejected(
     tx: &Transaction<'_>,
     topic: &str,
     rejected: &[Rejected],
+    rejected_at: DateTime<Utc>,
 ) -> Result<(), ProcessorError> {
     if rejected.is_empty() {
         return Ok(());
@@ -662,11 +665,12 @@ pub async fn write_rejected(
     let pending: Vec<bool> = rejected.iter().map(|r| r.dlq_pending).collect();
     tx.execute(
         "INSERT INTO analytics.rejected_events
-                (topic, kafka_partition, kafka_offset, reason, detail, payload_bytes, payload, record_key, dlq_pending)
-         SELECT $1, * FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[], $9::bool[])
+                (topic, kafka_partition, kafka_offset, reason, detail, payload_bytes, payload, record_key,
+                 dlq_pending, rejected_at)
+         SELECT $1, *, $10 FROM UNNEST($2::int4[], $3::int8[], $4::text[], $5::text[], $6::int4[], $7::bytea[], $8::bytea[], $9::bool[])
          ORDER BY 2, 3
          ON CONFLICT DO NOTHING",
-        &[&topic, &part, &off, &reason, &detail, &size, &payload, &key, &pending],
+        &[&topic, &part, &off, &reason, &detail, &size, &payload, &key, &pending, &rejected_at],
     )
     .await?;
     Ok(())

@@ -31,7 +31,7 @@ impl Loop<'_> {
     /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
     /// commit that covers them, so a crash can repeat a dead letter but never lose one).
     pub(super) fn prepare(&mut self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
-        let policy = self.cfg.limits.policy(self.clock.now());
+        let mut policy = self.clock.policy(&self.cfg.limits);
         let mut valid = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -56,7 +56,9 @@ impl Loop<'_> {
             }
             match parse_event(&r.payload, &policy) {
                 Ok(event) => {
-                    self.clock.observe(event.timestamp);
+                    if self.clock.observe(event.timestamp) {
+                        policy = self.clock.policy(&self.cfg.limits);
+                    }
                     valid.push(SourcedEvent {
                         event,
                         partition: r.partition,
@@ -120,11 +122,13 @@ impl Loop<'_> {
                     .filter(|k| pending.contains(k)),
             );
         }
-        let probed = t0.elapsed();
         let mut fresh = p.valid;
         if !known.is_empty() {
             fresh.retain(|e| !known.contains(&e.event.key()));
         }
+        let rejected_at = store::ts(self.clock.now());
+        self.ready_batch_days(&fresh, rejected_at)?;
+        let probed = t0.elapsed();
         let engine = &self.cfg.engine;
         let now = self.clock.now();
         let mut out = BatchOutput::default();
@@ -168,9 +172,60 @@ impl Loop<'_> {
             first_polled: p.first_polled,
             keys,
             ledger_from,
+            rejected_at,
+            clock: self.clock.now(),
             probe_time: probed,
             apply_time: t0.elapsed() - probed,
         })
+    }
+
+    /// Makes sure every day the batch writes to has its partitions: the days of its
+    /// events (and of the windows they fall in) and of its rejections. Normally within the
+    /// days housekeeping keeps ready; a replay or a jumping clock creates more here, on the
+    /// probe connection (the batch connection may be busy with the previous batch).
+    fn ready_batch_days(
+        &mut self,
+        fresh: &[SourcedEvent],
+        rejected_at: chrono::DateTime<Utc>,
+    ) -> Result<(), ProcessorError> {
+        let window = self.cfg.engine.window_micros;
+        let Some((lo, hi)) = fresh
+            .iter()
+            .map(|e| e.event.timestamp.as_micros())
+            .fold(None, |acc: Option<(i64, i64)>, t| {
+                Some(acc.map_or((t, t), |(a, b)| (a.min(t), b.max(t))))
+            })
+        else {
+            return Ok(());
+        };
+        let day = |us: i64| {
+            chrono::DateTime::from_timestamp_micros(us)
+                .unwrap_or_default()
+                .date_naive()
+        };
+        let first = day(lo - window).min(rejected_at.date_naive());
+        let last = day(hi).max(rejected_at.date_naive());
+        if self
+            .ready_days
+            .is_some_and(|(a, b)| a <= first && last <= b)
+        {
+            return Ok(());
+        }
+        let Some(probe) = self.probe.as_ref() else {
+            return Err(ProcessorError::Internal("no probe connection".into()));
+        };
+        let created = self
+            .handle
+            .block_on(crate::retention::create_days(probe, first, last))?;
+        if created > 0 {
+            self.metrics.partitions_created.inc_by(created);
+            tracing::info!(created, %first, %last, "day partitions created for a batch outside the ready days");
+        }
+        self.ready_days = Some(match self.ready_days {
+            Some((a, b)) => (a.min(first), b.max(last)),
+            None => (first, last),
+        });
+        Ok(())
     }
 
     /// Moves the connection and the staged batch into a task that runs its transaction.
@@ -235,6 +290,9 @@ impl Loop<'_> {
         }
         if done.closed_until.is_some() {
             self.alerts_closed_until = done.closed_until.max(self.alerts_closed_until);
+        }
+        if staged.counts.records > 0 {
+            self.committed_clock = Some(staged.clock);
         }
         let c = staged.counts;
         self.totals = self.totals.plus(&c);
@@ -377,6 +435,8 @@ impl Staged {
             first_polled: Instant::now(),
             keys: HashSet::new(),
             ledger_from: EventTime::now(),
+            rejected_at: Utc::now(),
+            clock: EventTime::now(),
             probe_time: Duration::ZERO,
             apply_time: Duration::ZERO,
         }
@@ -433,6 +493,10 @@ pub(super) struct Staged {
     keys: HashSet<EventKey>,
     /// Events older than this are beyond the dedup horizon: not looked up, not recorded.
     ledger_from: EventTime,
+    /// The processing clock's time, for `rejected_events.rejected_at` (its partition key).
+    rejected_at: chrono::DateTime<Utc>,
+    /// The processing clock when the batch was staged.
+    clock: EventTime,
     probe_time: Duration,
     apply_time: Duration,
 }
@@ -483,7 +547,7 @@ async fn run_transaction(
         store::copy_events(&tx, &staged.fresh, &out.late_flags).await?;
     }
     store::write_outputs(&tx, out, &cfg.engine).await?;
-    store::write_rejected(&tx, &cfg.topic, &staged.rejected).await?;
+    store::write_rejected(&tx, &cfg.topic, &staged.rejected, staged.rejected_at).await?;
     phases[1] = t0.elapsed();
     store::write_positions(&tx, &cfg.group, &cfg.topic, &staged.positions).await?;
     let gwm = store::global_watermark(&tx, &cfg.group, &cfg.topic, ctx.partition_count).await?;

@@ -152,6 +152,7 @@ impl Loop<'_> {
                     for (p, sp) in loaded {
                         self.parts.insert(p, Part::new(sp.next_offset, sp.state));
                     }
+                    self.resync_clock();
                 }
                 Assignment::Revoked(ps) => {
                     for p in &ps {
@@ -258,6 +259,21 @@ impl Loop<'_> {
                 })?;
             self.parts.insert(p, Part::new(sp.next_offset, sp.state));
         }
+        self.resync_clock();
         Ok(())
+    }
+
+    /// An event-time clock restarts from the state just loaded (see
+    /// [`crate::clock::Clock::reset`]).
+    fn resync_clock(&mut self) {
+        if self.clock.follows_events() {
+            let latest = self
+                .parts
+                .values()
+                .filter_map(|p| p.state.max_event_time)
+                .max();
+            self.clock.reset(latest);
+            self.committed_clock = latest;
+        }
     }
 }

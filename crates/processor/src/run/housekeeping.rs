@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use clickstream_model::EventTime;
 use rdkafka::consumer::Consumer;
 
 use super::batch::Staged;
@@ -181,20 +182,30 @@ impl Loop<'_> {
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
-        let now = chrono::DateTime::from_timestamp_micros(self.clock.now().as_micros())
-            .unwrap_or_else(Utc::now);
+        let at = |t: EventTime| {
+            chrono::DateTime::from_timestamp_micros(t.as_micros()).unwrap_or_else(Utc::now)
+        };
+        let now = at(self.clock.now());
+        // On the event-time clock, retention goes by the clock of the last committed batch
+        // (none yet: no retention): a staged batch judged by a later clock may still write
+        // to older days.
+        let drop_at = match (self.clock.follows_events(), self.committed_clock) {
+            (false, _) => Some(now),
+            (true, c) => c.map(at),
+        }
+        .filter(|_| enforce);
         let result = self.handle.block_on(async {
             let created = retention::create_ahead(client, now, &cfg.limits, &cfg.retention).await?;
-            let dropped = if enforce {
-                retention::enforce(client, now, &cfg.limits, &cfg.retention).await?
-            } else {
-                Vec::new()
+            let dropped = match drop_at {
+                Some(t) => retention::enforce(client, t, &cfg.limits, &cfg.retention).await?,
+                None => Vec::new(),
             };
             Ok::<_, ProcessorError>((created, dropped))
         });
         let took = t0.elapsed();
         metrics.retention_seconds.inc_by(took.as_secs_f64());
         let (created, dropped) = result?;
+        self.ready_days = Some(retention::ready_days(now, &cfg.limits, &cfg.retention));
         metrics.partitions_created.inc_by(created);
         metrics.partitions_dropped.inc_by(dropped.len() as u64);
         if created > 0 || !dropped.is_empty() {
