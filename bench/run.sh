@@ -14,6 +14,7 @@
 #                              BENCH_SOAK_DAYS (7) days of event time, one processor on the
 #                              event-time clock: throughput per BENCH_SOAK_SLICE (5000000)
 #                              records, RSS, database size, ledger rows, retention work
+#                              (BENCH_SOAK_TOPIC reuses a topic an earlier soak filled)
 #   bench/run.sh fuzz          property-based fuzzing of decode -> validate -> operators,
 #                              BENCH_FUZZ_CASES (default 1000000) cases per property, release
 #   bench/run.sh               all of them (but fuzz)
@@ -239,14 +240,19 @@ if [ "$what" = soak ]; then
     psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
     "$BIN" migrate >&2 2>/dev/null
     stamp=$(date +%s)
-    topic="bench.soak.$stamp"
     group="soak-$stamp"
     # DAYS of event time at the rate that fits S records in them, ending about now.
     eps=$(( (S + DAYS * 86400 - 1) / (DAYS * 86400) ))
     start=$(date -u -d "-$DAYS days +2 hours" +%Y-%m-%dT%H:%M:%SZ)
-    g0=$(date +%s)
-    "$BIN" generate --topic "$topic" --no-pacing --no-catalog --progress never --start "$start" --eps "$eps" -n "$S" 2>/dev/null
-    echo "soak: $S records, $eps events per second of event time from $start, generated in $(( $(date +%s) - g0 )) s; process flags: --clock event-time $SOAK_FLAGS" >&2
+    if [ -n "${BENCH_SOAK_TOPIC:-}" ]; then
+        topic=$BENCH_SOAK_TOPIC # a topic filled by an earlier run (S records)
+    else
+        topic="bench.soak.$stamp"
+        g0=$(date +%s)
+        "$BIN" generate --topic "$topic" --no-pacing --no-catalog --progress never --start "$start" --eps "$eps" -n "$S" 2>/dev/null
+        echo "soak: $S records, $eps events per second of event time from $start, generated in $(( $(date +%s) - g0 )) s into $topic" >&2
+    fi
+    echo "soak: process flags: --clock event-time $SOAK_FLAGS" >&2
     committed() {
         psql "$ADMIN_DATABASE_URL" -tAc "SELECT coalesce(sum(next_offset),0) FROM analytics.consumer_offsets WHERE consumer_group = '$group'"
     }

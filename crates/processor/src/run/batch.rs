@@ -127,7 +127,7 @@ impl Loop<'_> {
             fresh.retain(|e| !known.contains(&e.event.key()));
         }
         let rejected_at = store::ts(self.clock.now());
-        self.ready_batch_days(&fresh, rejected_at)?;
+        self.ready_batch_days(&fresh, !p.rejected.is_empty(), rejected_at)?;
         let probed = t0.elapsed();
         let engine = &self.cfg.engine;
         let now = self.clock.now();
@@ -182,49 +182,56 @@ impl Loop<'_> {
     /// Makes sure every day the batch writes to has its partitions: the days of its
     /// events (and of the windows they fall in) and of its rejections. Normally within the
     /// days housekeeping keeps ready; a replay or a jumping clock creates more here, on the
-    /// probe connection (the batch connection may be busy with the previous batch).
+    /// probe connection (the batch connection may be busy with the previous batch). Days,
+    /// not a range: one odd timestamp must not ask for every day in between.
     fn ready_batch_days(
         &mut self,
         fresh: &[SourcedEvent],
+        rejections: bool,
         rejected_at: chrono::DateTime<Utc>,
     ) -> Result<(), ProcessorError> {
         let window = self.cfg.engine.window_micros;
-        let Some((lo, hi)) = fresh
-            .iter()
-            .map(|e| e.event.timestamp.as_micros())
-            .fold(None, |acc: Option<(i64, i64)>, t| {
-                Some(acc.map_or((t, t), |(a, b)| (a.min(t), b.max(t))))
-            })
-        else {
-            return Ok(());
-        };
         let day = |us: i64| {
             chrono::DateTime::from_timestamp_micros(us)
                 .unwrap_or_default()
                 .date_naive()
         };
-        let first = day(lo - window).min(rejected_at.date_naive());
-        let last = day(hi).max(rejected_at.date_naive());
-        if self
-            .ready_days
-            .is_some_and(|(a, b)| a <= first && last <= b)
-        {
+        let ready = self.ready_days;
+        let mut missing: std::collections::BTreeSet<chrono::NaiveDate> = fresh
+            .iter()
+            .flat_map(|e| {
+                let t = e.event.timestamp.as_micros();
+                [day(t - window), day(t)]
+            })
+            .chain(rejections.then_some(rejected_at.date_naive()))
+            .filter(|d| !ready.is_some_and(|(a, b)| a <= *d && *d <= b))
+            .collect();
+        if missing.is_empty() {
             return Ok(());
         }
         let Some(probe) = self.probe.as_ref() else {
             return Err(ProcessorError::Internal("no probe connection".into()));
         };
-        let created = self
-            .handle
-            .block_on(crate::retention::create_days(probe, first, last))?;
+        let mut created = 0;
+        for d in &missing {
+            created += self
+                .handle
+                .block_on(crate::retention::create_days(probe, *d, *d))?;
+        }
         if created > 0 {
             self.metrics.partitions_created.inc_by(created);
-            tracing::info!(created, %first, %last, "day partitions created for a batch outside the ready days");
+            tracing::info!(created, days = missing.len(), first = %missing.first().copied().unwrap_or_default(), "day partitions created for a batch outside the ready days");
         }
-        self.ready_days = Some(match self.ready_days {
-            Some((a, b)) => (a.min(first), b.max(last)),
-            None => (first, last),
-        });
+        // The ready range grows only across days that are contiguous with it.
+        if let Some((mut a, mut b)) = self.ready_days {
+            while missing.remove(&(a - chrono::Days::new(1))) {
+                a = a - chrono::Days::new(1);
+            }
+            while missing.remove(&(b + chrono::Days::new(1))) {
+                b = b + chrono::Days::new(1);
+            }
+            self.ready_days = Some((a, b));
+        }
         Ok(())
     }
 
