@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use clickstream_model::{ContractLimits, EventTime, ValidationPolicy};
 
-/// A bound that never binds: a century, in µs.
+/// An age bound that never binds: a century, in µs.
 const UNBOUNDED: i64 = 100 * 366 * 86_400 * 1_000_000;
 
 /// Which clock the processor runs on.
@@ -68,16 +68,37 @@ impl Clock {
         }
     }
 
-    /// The validation policy of `limits` now. On the event-time clock nothing is in the
-    /// future (an event ahead of the clock moves it), and before the first event nothing
-    /// is too old either (the first event sets the clock).
+    /// Whether this is an event-time clock that has not seen an event yet.
+    pub fn unset(&self) -> bool {
+        self.mode == ClockMode::EventTime && self.latest.load(Ordering::Relaxed) == i64::MIN
+    }
+
+    /// Starts an event-time clock at `t` (see [`Clock::seed_policy`]).
+    pub fn seed(&self, t: EventTime) {
+        self.observe(t);
+    }
+
+    /// The policy that finds a replay's starting point: any age, nothing ahead of the
+    /// wall clock's future bound (a replay is of the past). The caller seeds the clock with
+    /// a low percentile of the first batch's times, so one odd timestamp cannot start it.
+    pub fn seed_policy(&self, limits: &ContractLimits) -> ValidationPolicy {
+        let mut p = limits.policy(EventTime::now());
+        p.max_age_micros = UNBOUNDED;
+        p
+    }
+
+    /// The validation policy of `limits` now. On the event-time clock an event may be at
+    /// most the maximum age ahead of the clock (it moves the clock; further would be a
+    /// jump no replay makes) and never beyond the wall clock's future bound.
     pub fn policy(&self, limits: &ContractLimits) -> ValidationPolicy {
-        let mut p = limits.policy(self.now());
-        if self.mode == ClockMode::EventTime {
-            p.max_future_micros = UNBOUNDED;
-            if self.latest.load(Ordering::Relaxed) == i64::MIN {
-                p.max_age_micros = UNBOUNDED;
-            }
+        let now = self.now();
+        let mut p = limits.policy(now);
+        if self.mode == ClockMode::EventTime && !self.unset() {
+            let wall_bound = EventTime::now().as_micros() + limits.max_future_micros;
+            p.max_future_micros = limits
+                .max_age_micros
+                .min(wall_bound - now.as_micros())
+                .max(0);
         }
         p
     }
@@ -96,17 +117,17 @@ mod tests {
         let replay = Clock::new(ClockMode::EventTime);
         assert!(replay.now() > old, "the wall clock before the first event");
         let limits = ContractLimits::default();
-        let first = replay.policy(&limits);
-        assert!(
-            first.max_age_micros > 10 * limits.max_age_micros,
-            "no age bound yet"
-        );
-        assert!(replay.observe(EventTime::from_micros(5_000_000)));
+        assert!(replay.unset());
+        assert!(replay.seed_policy(&limits).max_age_micros > 10 * limits.max_age_micros);
+        replay.seed(EventTime::from_micros(5_000_000));
         assert!(!replay.observe(EventTime::from_micros(3_000_000)));
         assert_eq!(replay.now(), EventTime::from_micros(5_000_000));
         let p = replay.policy(&limits);
         assert_eq!(p.max_age_micros, limits.max_age_micros);
-        assert!(p.max_future_micros > 10 * limits.max_age_micros);
+        assert_eq!(
+            p.max_future_micros, limits.max_age_micros,
+            "a jump of at most the age"
+        );
         assert_eq!(
             wall.policy(&limits).max_future_micros,
             limits.max_future_micros

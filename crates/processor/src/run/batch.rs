@@ -31,6 +31,9 @@ impl Loop<'_> {
     /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
     /// commit that covers them, so a crash can repeat a dead letter but never lose one).
     pub(super) fn prepare(&mut self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
+        if self.clock.unset() {
+            self.seed_clock(&batch);
+        }
         let mut policy = self.clock.policy(&self.cfg.limits);
         let mut valid = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
@@ -88,6 +91,24 @@ impl Loop<'_> {
             offsets,
             first_polled,
         })
+    }
+
+    /// Starts an event-time clock at the first percentile of the batch's event times, so
+    /// neither one ancient nor one far-future timestamp at the head of a replay sets it.
+    fn seed_clock(&self, batch: &[Owned]) {
+        let policy = self.clock.seed_policy(&self.cfg.limits);
+        let mut times: Vec<EventTime> = batch
+            .iter()
+            .filter_map(|r| parse_event(&r.payload, &policy).ok())
+            .map(|e| e.timestamp)
+            .collect();
+        if times.is_empty() {
+            return;
+        }
+        times.sort_unstable();
+        let t = times[times.len() / 100];
+        tracing::info!(clock = %t, "event-time clock starts");
+        self.clock.seed(t);
     }
 
     /// Finds the batch's re-sends of earlier events (the ledger's committed keys, plus the
