@@ -1,6 +1,6 @@
 //! The processing clock the processor judges event times by: the wall clock, or, for
-//! replaying recorded traffic and compressed-time benchmarks, the largest valid event
-//! time consumed so far. The contract's age and future bounds, idle partitions, the dedup
+//! replaying recorded traffic and compressed-time benchmarks, event time itself (the
+//! median event time of the batches consumed so far). The contract's age and future bounds, idle partitions, the dedup
 //! horizon and day-partition retention all read it, so a week of traffic replayed in
 //! minutes is treated as the week it was.
 
@@ -17,7 +17,7 @@ pub enum ClockMode {
     /// The host's clock (production).
     #[default]
     Wall,
-    /// The largest valid event time seen so far (the wall clock until the first event).
+    /// The median event time of the latest batch (never going back).
     EventTime,
 }
 
@@ -25,7 +25,7 @@ pub enum ClockMode {
 #[derive(Debug)]
 pub struct Clock {
     mode: ClockMode,
-    /// Largest event time observed, µs (`i64::MIN`: none yet).
+    /// The event-time clock, µs (`i64::MIN`: not started).
     latest: AtomicI64,
 }
 
@@ -46,11 +46,12 @@ impl Clock {
         }
     }
 
-    /// Notes a valid event's time (moves an event-time clock forward; never back).
-    /// Returns whether the clock moved.
-    pub fn observe(&self, t: EventTime) -> bool {
-        self.mode == ClockMode::EventTime
-            && self.latest.fetch_max(t.as_micros(), Ordering::Relaxed) < t.as_micros()
+    /// Moves an event-time clock forward to `t` (never back; the wall clock ignores it).
+    /// The processor advances it to each batch's median event time.
+    pub fn advance(&self, t: EventTime) {
+        if self.mode == ClockMode::EventTime {
+            self.latest.fetch_max(t.as_micros(), Ordering::Relaxed);
+        }
     }
 
     /// Whether this is the event-time clock.
@@ -71,11 +72,6 @@ impl Clock {
     /// Whether this is an event-time clock that has not seen an event yet.
     pub fn unset(&self) -> bool {
         self.mode == ClockMode::EventTime && self.latest.load(Ordering::Relaxed) == i64::MIN
-    }
-
-    /// Starts an event-time clock at `t` (see [`Clock::seed_policy`]).
-    pub fn seed(&self, t: EventTime) {
-        self.observe(t);
     }
 
     /// The policy that finds a replay's starting point: any age, nothing ahead of the
@@ -112,15 +108,15 @@ mod tests {
     fn event_time_clock_follows_the_largest_event_and_wall_ignores_events() {
         let wall = Clock::new(ClockMode::Wall);
         let old = EventTime::from_micros(1_000_000);
-        wall.observe(old);
+        wall.advance(old);
         assert!(wall.now() > old);
         let replay = Clock::new(ClockMode::EventTime);
         assert!(replay.now() > old, "the wall clock before the first event");
         let limits = ContractLimits::default();
         assert!(replay.unset());
         assert!(replay.seed_policy(&limits).max_age_micros > 10 * limits.max_age_micros);
-        replay.seed(EventTime::from_micros(5_000_000));
-        assert!(!replay.observe(EventTime::from_micros(3_000_000)));
+        replay.advance(EventTime::from_micros(5_000_000));
+        replay.advance(EventTime::from_micros(3_000_000));
         assert_eq!(replay.now(), EventTime::from_micros(5_000_000));
         let p = replay.policy(&limits);
         assert_eq!(p.max_age_micros, limits.max_age_micros);

@@ -34,7 +34,7 @@ impl Loop<'_> {
         if self.clock.unset() {
             self.seed_clock(&batch);
         }
-        let mut policy = self.clock.policy(&self.cfg.limits);
+        let policy = self.clock.policy(&self.cfg.limits);
         let mut valid = Vec::with_capacity(batch.len());
         let mut rejected = Vec::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
@@ -58,21 +58,23 @@ impl Loop<'_> {
                 continue;
             }
             match parse_event(&r.payload, &policy) {
-                Ok(event) => {
-                    if self.clock.observe(event.timestamp) {
-                        policy = self.clock.policy(&self.cfg.limits);
-                    }
-                    valid.push(SourcedEvent {
-                        event,
-                        partition: r.partition,
-                        offset: r.offset,
-                    })
-                }
+                Ok(event) => valid.push(SourcedEvent {
+                    event,
+                    partition: r.partition,
+                    offset: r.offset,
+                }),
                 Err(reason) => rejected.push(reject(reason.code(), reason.to_string())),
             }
         }
         let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
         drop(batch);
+        if self.clock.follows_events() {
+            // The next batch is judged by this one's median time: a few skewed or bad
+            // timestamps cannot move it.
+            if let Some(t) = median(valid.iter().map(|e| e.event.timestamp).collect()) {
+                self.clock.advance(t);
+            }
+        }
         let (valid, _) = dedup_batch(valid);
         if self.dlq_down.is_none() && !rejected.is_empty() {
             if let Err(e) = self.dlq.send_all(&rejected) {
@@ -93,22 +95,19 @@ impl Loop<'_> {
         })
     }
 
-    /// Starts an event-time clock at the first percentile of the batch's event times, so
-    /// neither one ancient nor one far-future timestamp at the head of a replay sets it.
+    /// Starts an event-time clock at the median of the batch's event times, so neither an
+    /// ancient nor a far-future timestamp at the head of a replay sets it.
     fn seed_clock(&self, batch: &[Owned]) {
         let policy = self.clock.seed_policy(&self.cfg.limits);
-        let mut times: Vec<EventTime> = batch
+        let times = batch
             .iter()
             .filter_map(|r| parse_event(&r.payload, &policy).ok())
             .map(|e| e.timestamp)
             .collect();
-        if times.is_empty() {
-            return;
+        if let Some(t) = median(times) {
+            tracing::info!(clock = %t, "event-time clock starts");
+            self.clock.advance(t);
         }
-        times.sort_unstable();
-        let t = times[times.len() / 100];
-        tracing::info!(clock = %t, "event-time clock starts");
-        self.clock.seed(t);
     }
 
     /// Finds the batch's re-sends of earlier events (the ledger's committed keys, plus the
@@ -591,6 +590,15 @@ async fn run_transaction(
         closed_until: gwm,
         phases,
     })
+}
+
+/// The median of `times` (`None` when empty).
+fn median(mut times: Vec<EventTime>) -> Option<EventTime> {
+    if times.is_empty() {
+        return None;
+    }
+    let mid = times.len() / 2;
+    Some(*times.select_nth_unstable(mid).1)
 }
 
 /// A failure as text fit for a `text` column, a log line and a Kafka header.

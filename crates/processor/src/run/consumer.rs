@@ -152,7 +152,9 @@ impl Loop<'_> {
                     for (p, sp) in loaded {
                         self.parts.insert(p, Part::new(sp.next_offset, sp.state));
                     }
-                    self.resync_clock();
+                    if self.clock.unset() {
+                        self.resync_clock();
+                    }
                 }
                 Assignment::Revoked(ps) => {
                     for p in &ps {
@@ -263,17 +265,22 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// An event-time clock restarts from the state just loaded (see
-    /// [`crate::clock::Clock::reset`]).
+    /// An event-time clock restarts where the last committed batch left it (a batch
+    /// retried after a failure is judged as it was the first time), or after a restart
+    /// from the committed watermarks (which trail the clock by the allowed lateness).
     fn resync_clock(&mut self) {
-        if self.clock.follows_events() {
-            let latest = self
-                .parts
-                .values()
-                .filter_map(|p| p.state.max_event_time)
-                .max();
-            self.clock.reset(latest);
-            self.committed_clock = latest;
+        if !self.clock.follows_events() {
+            return;
         }
+        let lateness = self.cfg.engine.lateness_micros;
+        let restart = self
+            .parts
+            .values()
+            .filter_map(|p| p.state.watermark)
+            .max()
+            .map(|w| w.add_micros(lateness));
+        let t = self.committed_clock.or(restart);
+        self.clock.reset(t);
+        self.committed_clock = t;
     }
 }
