@@ -100,9 +100,10 @@ pub struct ProcessArgs {
     /// Days of rejected and late records kept (`0s`: forever).
     #[arg(long, env = "CLICKSTREAM_RETAIN_ERRORS", default_value = "30days", value_parser = humantime::parse_duration)]
     retain_errors: Duration,
-    /// The clock event times are judged by: `wall`, or `event-time` (the largest valid event
-    /// time consumed so far) to replay recorded traffic or compress days into minutes, with
-    /// the age bounds, idle partitions, the dedup horizon and retention following the data.
+    /// The clock event times are judged by: `wall`, or `event-time` (event time itself: the
+    /// median event time of the batches consumed so far) to replay recorded traffic or
+    /// compress days into minutes, with the age bound, idle partitions, the dedup horizon
+    /// and retention following the data.
     #[arg(long, env = "CLICKSTREAM_CLOCK", value_enum, default_value_t = Clock::Wall)]
     clock: Clock,
 }
