@@ -230,6 +230,14 @@ pub fn run(
     };
     // Every day an accepted event can reach needs its partitions before the first batch.
     l.upkeep_patiently(&stop)?;
+    if cfg.clock == crate::clock::ClockMode::EventTime && partition_count > 1 {
+        tracing::warn!(
+            partitions = partition_count,
+            "one event-time clock for several partitions: a backlog's partitions are read unevenly, \
+             so events of a partition far behind the others may be judged too old; replay one \
+             partition per instance"
+        );
+    }
     tracing::info!(topic = %cfg.topic, partitions = partition_count, group = %cfg.group, "processor started");
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let mut next_upkeep = Instant::now();
