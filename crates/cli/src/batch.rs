@@ -14,15 +14,8 @@ use clickstream_model::EventTime;
 /// Settings of `clickstream batch`.
 #[derive(Debug, Args)]
 pub struct BatchArgs {
-    /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://...`,
-    /// `az://...`, configured by the usual `AWS_*` / `GOOGLE_*` / `AZURE_*` variables).
-    #[arg(
-        long,
-        alias = "lake",
-        env = "CLICKSTREAM_LAKE_DIR",
-        default_value = "data"
-    )]
-    lake_dir: String,
+    #[command(flatten)]
+    lake: crate::LakeLocation,
     /// Writer-role PostgreSQL URL for the `analytics.gold_*` tables.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -129,7 +122,7 @@ fn until(hh: u32, mm: u32) -> Duration {
 }
 
 pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
-    let lake = Lake::open(&args.lake_dir)?;
+    let lake = args.lake.open()?;
     if let Some(day) = &args.date {
         check_date(day)?;
         return run_day(&args, &lake, day).await;
@@ -140,7 +133,7 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
         .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
         .filter(|(h, m)| *h < 24 && *m < 60)
         .with_context(|| format!("--schedule `{at}` is not HH:MM"))?;
-    tracing::info!(at = %format!("{hh:02}:{mm:02} UTC"), lake = %args.lake_dir, "batch scheduler started");
+    tracing::info!(at = %format!("{hh:02}:{mm:02} UTC"), lake = %args.lake.lake_dir, "batch scheduler started");
     loop {
         for day in missed_days(&args, &lake).await? {
             tracing::info!(day, "running the daily batch");
@@ -176,15 +169,8 @@ pub async fn run(args: BatchArgs) -> anyhow::Result<()> {
 /// Settings of `clickstream verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://...`,
-    /// `az://...`, configured by the usual `AWS_*` / `GOOGLE_*` / `AZURE_*` variables).
-    #[arg(
-        long,
-        alias = "lake",
-        env = "CLICKSTREAM_LAKE_DIR",
-        default_value = "data"
-    )]
-    lake_dir: String,
+    #[command(flatten)]
+    lake: crate::LakeLocation,
     /// PostgreSQL URL (the read-only role is enough).
     #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -196,7 +182,7 @@ pub struct VerifyArgs {
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     check_date(&args.date)?;
     let c = connect(Some(&args.database_url), "verify").await?;
-    let lake = Lake::open(&args.lake_dir)?;
+    let lake = args.lake.open()?;
     let (batch_side, diffs) = verify::verify(&lake, &c, &args.date).await?;
     let types: Vec<String> = batch_side
         .iter()

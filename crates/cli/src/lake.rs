@@ -24,16 +24,8 @@ pub struct LakeArgs {
         default_value = "clickstream-lake"
     )]
     group: String,
-    /// The lake (bronze/, silver/, gold/ below it): a directory, or an object store URL
-    /// (`s3://bucket/prefix`, `gs://...`, `az://...`, configured by the usual `AWS_*` /
-    /// `GOOGLE_*` / `AZURE_*` variables).
-    #[arg(
-        long,
-        alias = "lake",
-        env = "CLICKSTREAM_LAKE_DIR",
-        default_value = "data"
-    )]
-    lake_dir: String,
+    #[command(flatten)]
+    lake: crate::LakeLocation,
     /// Close a partition's files after this many records...
     #[arg(
         long,
@@ -76,7 +68,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     crate::metrics_http::serve(args.metrics_addr, registry).await?;
     let cfg = WriterConfig {
-        location: args.lake_dir,
+        location: args.lake.lake_dir,
         kafka: args.kafka.checked().await?,
         topic: args.topic,
         group: args.group,

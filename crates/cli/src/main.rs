@@ -84,6 +84,28 @@ pub(crate) struct SourceArgs {
     pub topic: String,
 }
 
+/// Where the lake is; shared by `lake`, `batch`, `verify` and `status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LakeLocation {
+    /// The lake (bronze/, silver/, gold/ below it): a directory, or an object store URL
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`, configured by the usual `AWS_*` /
+    /// `GOOGLE_*` / `AZURE_*` variables).
+    #[arg(
+        long = "lake-dir",
+        alias = "lake",
+        env = "CLICKSTREAM_LAKE_DIR",
+        default_value = "data"
+    )]
+    pub lake_dir: String,
+}
+
+impl LakeLocation {
+    /// Opens the lake (an object store URL is checked, not contacted).
+    pub(crate) fn open(&self) -> anyhow::Result<clickstream_lake::Lake> {
+        Ok(clickstream_lake::Lake::open(&self.lake_dir)?)
+    }
+}
+
 /// The contract's bounds, shared by `process` and `lake` so both accept the same records.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ContractArgs {

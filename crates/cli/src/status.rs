@@ -15,15 +15,8 @@ pub struct StatusArgs {
     /// PostgreSQL URL (the read-only role is enough).
     #[arg(long, env = "READER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    /// The lake (a directory or an object store URL); its writer's progress and retention
-    /// gaps are shown when it has bronze data.
-    #[arg(
-        long,
-        alias = "lake",
-        env = "CLICKSTREAM_LAKE_DIR",
-        default_value = "data"
-    )]
-    lake_dir: String,
+    #[command(flatten)]
+    lake: crate::LakeLocation,
 }
 
 /// An instance counts as running if seen this recently (as the dashboard's default).
@@ -132,7 +125,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let lake = clickstream_lake::Lake::open(&args.lake_dir)?;
+    let lake = args.lake.open()?;
     let committed = lake.committed_offsets().context("reading the lake")?;
     if !committed.is_empty() {
         let gaps = lake

@@ -1046,13 +1046,24 @@ async fn an_s3_lake_holds_each_record_once_across_kill_9_mid_upload() {
     wait_committed(&lake, &ends, Duration::from_secs(180)).await;
     w.stop();
     assert_each_record_once(&lake, &recs);
-    // Only committed part files (and no retention gaps) are in the bucket.
-    for prefix in ["bronze", "silver", "_retention_gaps"] {
-        for (file, range) in lake.files(prefix).unwrap() {
-            assert!(file.key().ends_with(".parquet"), "{file}");
-            assert!(range.end > range.start, "{file}");
+    // Only part files are in the bucket (nothing staged, no retention gaps), and every
+    // silver file belongs to a committed range.
+    assert!(lake.keys("_retention_gaps").unwrap().is_empty());
+    let mut ranges = HashMap::new();
+    for layer in ["bronze", "silver"] {
+        for file in lake.keys(layer).unwrap() {
+            let range = clickstream_lake::layout::Range::parse(file.name())
+                .unwrap_or_else(|| panic!("a stray object {file}"));
+            ranges
+                .entry(layer)
+                .or_insert_with(HashSet::new)
+                .insert(range);
         }
     }
+    assert!(
+        ranges["silver"].is_subset(&ranges["bronze"]),
+        "silver of an uncommitted range"
+    );
 
     // The gold batch reads the S3 silver and writes gold to S3, equal to the reference.
     let refs = reference_days(&recs);

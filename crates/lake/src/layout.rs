@@ -165,6 +165,11 @@ impl Lake {
         self.backend.put(file.key(), body.into())
     }
 
+    /// Every file under `prefix` (a layer, a directory), whatever its name.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<LakeFile>, LakeError> {
+        self.backend.list(prefix)
+    }
+
     fn ranges(&self, prefix: &str) -> Result<Vec<(LakeFile, Range)>, LakeError> {
         let mut out: Vec<(LakeFile, Range)> = self
             .backend

@@ -141,7 +141,9 @@ impl ProcessorError {
             | ProcessorError::Db(clickstream_db::DbError::Postgres(e)) => e,
             _ => return false,
         };
+        // A CHECK violation names its constraint; a row without a partition does not
+        // (and the message is translated with lc_messages, so it is not matched).
         e.as_db_error()
-            .is_some_and(|d| d.message().starts_with("no partition of relation"))
+            .is_some_and(|d| d.code().code() == "23514" && d.constraint().is_none())
     }
 }

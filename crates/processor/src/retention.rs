@@ -73,8 +73,12 @@ impl Retention {
                 humantime::format_duration(max_age)
             ));
         }
-        if self.dedup_horizon < Duration::from_secs(3600) {
-            return Err("the dedup horizon must be at least 1h".into());
+        if self.dedup_horizon < Duration::from_secs(3600).min(max_age) {
+            return Err("the dedup horizon must be at least 1h (or the maximum event age)".into());
+        }
+        let future = Duration::from_micros(limits.max_future_micros.max(0) as u64);
+        if max_age.max(future) > Duration::from_secs(3650 * 86_400) {
+            return Err("the maximum event age and future may be at most 3650 days".into());
         }
         let floor = max_age + Duration::from_secs(2 * 86_400);
         for (name, keep) in [
@@ -150,15 +154,25 @@ pub async fn create_ahead(
     let mut created = 0u64;
     for (table, family) in PARTITIONED {
         let (first, last) = needed_days(*family, now, limits, retention);
-        let row = client
-            .query_one(
-                "SELECT analytics.create_day_partitions($1, $2, $3)",
-                &[table, &first, &last],
-            )
-            .await?;
-        created += row.get::<_, i32>(0).max(0) as u64;
+        created += create(client, table, first, last).await?;
     }
     Ok(created)
+}
+
+/// Creates the missing partitions of `table` for `first..=last`.
+async fn create(
+    client: &Client,
+    table: &str,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<u64, ProcessorError> {
+    let row = client
+        .query_one(
+            "SELECT analytics.create_day_partitions($1, $2, $3)",
+            &[&table, &first, &last],
+        )
+        .await?;
+    Ok(row.get::<_, i32>(0).max(0) as u64)
 }
 
 /// The days every partitioned table has partitions for after [`create_ahead`] at `now`
@@ -186,13 +200,7 @@ pub async fn create_days(
 ) -> Result<u64, ProcessorError> {
     let mut created = 0u64;
     for (table, _) in PARTITIONED {
-        let row = client
-            .query_one(
-                "SELECT analytics.create_day_partitions($1, $2, $3)",
-                &[table, &first, &last],
-            )
-            .await?;
-        created += row.get::<_, i32>(0).max(0) as u64;
+        created += create(client, table, first, last).await?;
     }
     Ok(created)
 }
@@ -213,10 +221,19 @@ pub async fn enforce(
             continue;
         };
         // Partitions whose day ended on or before this day's midnight hold only rows
-        // older than `keep`.
-        let before = day(now - chrono(keep));
+        // older than `keep` (a keep beyond the calendar keeps everything).
+        let Some(before) = now.checked_sub_signed(chrono(keep)).map(day) else {
+            continue;
+        };
         let tx = client.transaction().await?;
         if *family == Family::HourlyUsers {
+            // Before the rollup reads: instances maintaining at once (midnight) take turns
+            // here instead of deadlocking on the drop's lock.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('analytics.hourly_users'))",
+                &[],
+            )
+            .await?;
             tx.execute(
                 "INSERT INTO analytics.hourly_user_counts (hour, event_type, users)
                  SELECT hour, event_type, count(*) FROM analytics.hourly_users

@@ -177,7 +177,7 @@ pub async fn known_keys(
 ) -> Result<HashSet<EventKey>, ProcessorError> {
     let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) = events
         .iter()
-        .filter(|e| e.event.timestamp >= ledger_from)
+        .filter(|e| e.event.key().timestamp >= ledger_from)
         .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
         .unzip();
     if times.is_empty() {
@@ -219,7 +219,7 @@ pub async fn record_keys(
     // keys then wait on each other instead of deadlocking.
     let mut keys: Vec<(DateTime<Utc>, Uuid)> = events
         .iter()
-        .filter(|e| e.event.timestamp >= ledger_from)
+        .filter(|e| e.event.key().timestamp >= ledger_from)
         .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
         .collect();
     if keys.is_empty() {

@@ -416,6 +416,14 @@ pub async fn committed(db_url: &str, group: &str, topic: &str) -> i64 {
         .get(0)
 }
 
+/// The sum of the samples of metric `name` in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// GET /metrics from a command whose log names the endpoint's address (`addr=`).
 pub fn scrape_metrics(log: &std::path::Path) -> String {
     use std::io::{Read, Write};

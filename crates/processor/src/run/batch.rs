@@ -87,6 +87,7 @@ impl Loop<'_> {
             }
         }
         Ok(Prepared {
+            judged_at: policy.now,
             valid,
             rejected,
             ends,
@@ -130,7 +131,8 @@ impl Loop<'_> {
         };
         // The same cut-off for the lookup and the recording (`Staged::ledger_from`).
         let horizon = self.cfg.retention.dedup_horizon.as_micros() as i64;
-        let ledger_from = self.clock.now().add_micros(-horizon);
+        // From the clock the batch was validated by: an event-time clock has moved since.
+        let ledger_from = p.judged_at.add_micros(-horizon);
         let mut known = self
             .handle
             .block_on(store::known_keys(probe, &p.valid, ledger_from))?;
@@ -221,7 +223,12 @@ impl Loop<'_> {
             .iter()
             .flat_map(|e| {
                 let t = e.event.timestamp.as_micros();
-                [day(t - window), day(t)]
+                // The ledger keys by the client's corrected time when there is one.
+                [
+                    day(t - window),
+                    day(t),
+                    day(e.event.key().timestamp.as_micros()),
+                ]
             })
             .chain(rejections.then_some(rejected_at.date_naive()))
             .filter(|d| !ready.is_some_and(|(a, b)| a <= *d && *d <= b))
@@ -318,7 +325,7 @@ impl Loop<'_> {
         if done.closed_until.is_some() {
             self.alerts_closed_until = done.closed_until.max(self.alerts_closed_until);
         }
-        if staged.counts.records > 0 {
+        if staged.counts.records > 0 && self.clock.follows_events() {
             self.committed_clock = Some(staged.clock);
         }
         let c = staged.counts;
@@ -377,6 +384,8 @@ impl Loop<'_> {
 
 /// A polled batch, validated and deduplicated, its rejects already dead-lettered.
 pub(super) struct Prepared {
+    /// The processing clock's time the batch was validated at.
+    judged_at: EventTime,
     valid: Vec<SourcedEvent>,
     rejected: Vec<Rejected>,
     /// Next offset per partition after this batch.

@@ -194,8 +194,26 @@ impl Loop<'_> {
             (true, c) => c.map(at),
         }
         .filter(|_| enforce);
+        let lateness = cfg.engine.lateness_micros;
         let result = self.handle.block_on(async {
             let created = retention::create_ahead(client, now, &cfg.limits, &cfg.retention).await?;
+            // Instances on the event-time clock share the tables: none may drop a day the
+            // slowest partition of the group still writes to.
+            let drop_at = match drop_at {
+                Some(t) if cfg.clock == crate::clock::ClockMode::EventTime => {
+                    let slowest: Option<chrono::DateTime<Utc>> = client
+                        .query_one(
+                            "SELECT min(watermark) FROM analytics.consumer_offsets
+                              WHERE consumer_group = $1 AND topic = $2",
+                            &[&cfg.group, &cfg.topic],
+                        )
+                        .await?
+                        .get(0);
+                    let slowest = slowest.map(|w| w + chrono::Duration::microseconds(lateness));
+                    Some(slowest.map_or(t, |s| s.min(t)))
+                }
+                other => other,
+            };
             let dropped = match drop_at {
                 Some(t) => retention::enforce(client, t, &cfg.limits, &cfg.retention).await?,
                 None => Vec::new(),
