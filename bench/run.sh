@@ -17,7 +17,12 @@
 #                              (BENCH_SOAK_TOPIC reuses a topic an earlier soak filled)
 #   bench/run.sh fuzz          property-based fuzzing of decode -> validate -> operators,
 #                              BENCH_FUZZ_CASES (default 1000000) cases per property, release
-#   bench/run.sh               all of them (but fuzz)
+#   bench/run.sh spark         our processor and the Spark Structured Streaming job of
+#                              bench/spark/ on one topic of BENCH_SPARK_EVENTS (2000000)
+#                              records: records/s, peak RSS, CPU s per million and the ratio
+#                              (bench/spark/setup.sh installs PySpark; BENCH_SPARK_FLAGS are
+#                              extra streaming.py flags, e.g. "--state-store rocksdb")
+#   bench/run.sh               all of them (but fuzz, soak and spark)
 #
 # Settings: BENCH_EVENTS (generator runs, default 5000000), BENCH_PROCESSOR_EVENTS
 # (default 2000000), BENCH_LATENCY_SECONDS (default 60), BENCH_LAKE_EVENTS (default 5000000),
@@ -297,5 +302,105 @@ if [ "$what" = soak ]; then
     printf '| soak: %s records, %s days of event time (event-time clock) | 1 instance, defaults + %s | last slice %s (first %s, %s%%) | %s MB | %s | %s |\n' \
         "$S" "$DAYS" "$SOAK_FLAGS" "$rate" "$first_rate" "$((100 * rate / first_rate))" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$S")" "$(cpu_per_m "$pg1 - $pg0" "$S")"
     notes+=("" "soak: PostgreSQL database $dbsize MB at the end ($(echo "scale=1; $dbsize * 1000000 / $S" | bc) MB per million events processed), $dropped day partitions dropped by retention")
+fi
+if [ "$what" = spark ]; then
+    # Our processor and the Spark Structured Streaming job of bench/spark/ on one topic, one
+    # after the other, each into its own schema of the scratch database.
+    S=${BENCH_SPARK_EVENTS:-2000000}
+    bench/spark/setup.sh >/dev/null
+    base=${ADMIN_DATABASE_URL%/*}
+    export ADMIN_DATABASE_URL="$base/clickstream_bench"
+    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
+    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
+    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
+    "$BIN" migrate >&2 2>/dev/null
+    psql "$ADMIN_DATABASE_URL" -q -v ON_ERROR_STOP=1 -f bench/spark/schema.sql >&2
+    stamp=$(date +%s)
+    topic="bench.spark.$stamp"
+    start=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
+    "$BIN" generate --topic "$topic" --no-pacing --no-catalog --progress never --start "$start" -n "$S" 2>/dev/null
+
+    group="spark-ours-$stamp"
+    committed() {
+        psql "$ADMIN_DATABASE_URL" -tAc "SELECT coalesce(sum(next_offset),0) FROM analytics.consumer_offsets WHERE consumer_group = '$group'"
+    }
+    pg0=$(pg_cpu)
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086 # flags are words
+    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-spark-ours-time.txt" \
+        "$BIN" process --topic "$topic" --group "$group" --metrics-addr 127.0.0.1:0 ${BENCH_PROCESS_FLAGS:-} 2>"$STATE/bench-spark-ours.log" &
+    tpid=$!
+    until [ "$(committed)" -gt 0 ]; do sleep 0.1; done
+    tf=$(date +%s.%N)
+    cf=$(committed)
+    until [ "$(committed)" -ge "$S" ]; do sleep 0.2; done
+    t1=$(date +%s.%N)
+    pg1=$(pg_cpu)
+    pkill -TERM -P "$tpid"; wait "$tpid" || true
+    ours_rate=$(echo "($S - $cf) / ($t1 - $tf)" | bc)
+    ours_whole=$(echo "$S / ($t1 - $t0)" | bc)
+    ours_rss=$(($(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-spark-ours-time.txt" | cut -d= -f2) / 1024))
+    ours_cpu=$(cpu_per_m "$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-spark-ours-time.txt" | cut -d= -f2)" "$S")
+    ours_pg=$(cpu_per_m "$pg1 - $pg0" "$S")
+    printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, sustained) | 1 instance, batch <= 25,000 / 250 ms, %s | %s | %s MB | %s | %s |\n' \
+        "$S" "${BENCH_PROCESS_FLAGS:-defaults}" "$ours_rate" "$ours_rss" "$ours_cpu" "$ours_pg"
+
+    ckpt="$STATE/bench-spark-checkpoint-$stamp"
+    # Peak of the summed RSS of the Spark tree (the driver JVM and the Python driver it
+    # runs), sampled; time(1)'s %M is its largest process, the JVM (submit.sh execs it).
+    tree_rss() {
+        local pid sum=0 r
+        for pid in "$@"; do
+            r=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || r=0
+            # shellcheck disable=SC2046 # pids are words
+            sum=$((sum + ${r:-0} + $(tree_rss $(pgrep -P "$pid"))))
+        done
+        echo "$sum"
+    }
+    pg0=$(pg_cpu)
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086 # flags are words
+    /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' -o "$STATE/bench-spark-time.txt" \
+        bench/spark/submit.sh --topic "$topic" --checkpoint "$ckpt" ${BENCH_SPARK_FLAGS:-} \
+        >"$STATE/bench-spark.out" 2>"$STATE/bench-spark.log" &
+    spid=$!
+    tree_peak=0
+    while kill -0 "$spid" 2>/dev/null; do
+        r=$(tree_rss "$spid")
+        [ "$r" -le "$tree_peak" ] || tree_peak=$r
+        sleep 0.5
+    done
+    wait "$spid" || { tail -n 30 "$STATE/bench-spark.log" >&2; die "the Spark job failed (log: $STATE/bench-spark.log)"; }
+    t1=$(date +%s.%N)
+    pg1=$(pg_cpu)
+    summary=$(grep '^spark: ' "$STATE/bench-spark.out")
+    field() { grep -o "$1=[0-9.]*" <<<"$summary" | cut -d= -f2; }
+    [ "$(field records)" -eq "$S" ] || die "the Spark job read $(field records) records, not $S"
+    spark_rate=$(echo "$S / ($(field finished) - $(field first_batch_start))" | bc)
+    spark_whole=$(echo "$S / ($t1 - $t0)" | bc)
+    spark_rss=$(($(grep -o 'RSS_KB=[0-9]*' "$STATE/bench-spark-time.txt" | cut -d= -f2) / 1024))
+    spark_cpu=$(cpu_per_m "$(grep -o 'CPU_S=[0-9.+]*' "$STATE/bench-spark-time.txt" | cut -d= -f2)" "$S")
+    spark_pg=$(cpu_per_m "$pg1 - $pg0" "$S")
+    word() { grep -o "$1=[^ ]*" <<<"$summary" | cut -d= -f2; }
+    ratio() { printf '%.1f' "$(echo "scale=3; $1 / $2" | bc)"; }
+    printf '| Spark Structured Streaming -> PostgreSQL, foreachBatch JDBC upserts (%s-record backlog, from the first micro-batch) | PySpark %s, local[2], 4 shuffle partitions, <= %s records per micro-batch (%s batches), %s state store | %s | %s MB | %s | %s |\n' \
+        "$S" "$(word version)" "$(field max_offsets)" "$(field batches)" "$(word state_store)" "$spark_rate" "$spark_rss" "$spark_cpu" "$spark_pg"
+    notes+=("ours: ${ours_whole} records/s from start to the last commit; Spark: ${spark_whole} records/s from submit to finish (JVM start-up, jars from the Ivy cache, planning); Spark's JVM + Python driver together peaked at $((tree_peak / 1024)) MB"
+        "ratio: ours / Spark records/s $(ratio "$ours_rate" "$spark_rate")x (from submit to finish $(ratio "$ours_whole" "$spark_whole")x); Spark / ours: CPU s / M $(ratio "$spark_cpu" "$ours_cpu")x, peak RSS $(ratio "$spark_rss" "$ours_rss")x, PostgreSQL CPU s / M $(ratio "$spark_pg" "$ours_pg")x")
+    # The same totals from both schemas. Spark drops the rows behind its watermark (ours
+    # counts them as late) and writes a session only once it is closed.
+    read -r a_ev s_ev a_pv s_pv a_rev s_rev a_late a_ses s_ses a_open <<<"$(psql "$ADMIN_DATABASE_URL" -tA -F' ' -c "SELECT
+            (SELECT sum(events) FROM analytics.metrics_minute), (SELECT sum(events) FROM spark.metrics_minute),
+            (SELECT sum(events) FROM analytics.metrics_minute WHERE event_type = 'page_view'),
+            (SELECT sum(events) FROM spark.metrics_minute WHERE event_type = 'page_view'),
+            (SELECT sum(revenue_cents) FROM analytics.metrics_minute), (SELECT sum(revenue_cents) FROM spark.metrics_minute),
+            (SELECT sum(late_events) FROM analytics.metrics_minute),
+            (SELECT count(*) FROM analytics.sessions WHERE NOT is_open), (SELECT count(*) FROM spark.sessions),
+            (SELECT count(*) FROM analytics.sessions WHERE is_open)")"
+    notes+=("sanity (ours / Spark): events $a_ev / $s_ev, page views $a_pv / $s_pv, revenue $a_rev / $s_rev cents, closed sessions $a_ses / $s_ses (ours also has $a_open open ones); ours counted $a_late events as late, Spark dropped $((a_ev - s_ev)) behind its watermark (bench/spark/README.md)")
+    # Kafka's own tool deletes the topic (the jars dev/stack.sh fetched).
+    java -cp "$CACHE/kafka-${KAFKA_VERSION:-4.1.1}/libs/*" org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_BOOTSTRAP" --delete --topic "$topic" >&2
+    rm -rf "$ckpt"
 fi
 for line in "${notes[@]}"; do echo "$line"; done

@@ -140,3 +140,11 @@ k8s_venv() { pinned_venv k8s kubernetes-validate "$K8S_PINS" $K8S_PINS; }
 # moto's S3-compatible server for the object-store lake test (crates/cli/tests/lake.rs).
 MOTO_PIN="moto[server]==5.2.5"
 moto_venv() { pinned_venv moto moto_server "$MOTO_PIN" "$MOTO_PIN"; }
+
+# PySpark and the driver's PostgreSQL client for the Spark side-by-side benchmark
+# (bench/spark/), and the jars its job loads (the Kafka source's newest release on Maven
+# Central is 4.2.0), resolved by bench/spark/setup.sh into $CACHE/ivy.
+SPARK_PINS="pyspark==4.3.0 psycopg[binary]==3.3.9"
+SPARK_PACKAGES="org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0,org.postgresql:postgresql:42.7.8"
+# shellcheck disable=SC2086
+spark_venv() { pinned_venv spark spark-submit "$SPARK_PINS" $SPARK_PINS; }
