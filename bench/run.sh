@@ -388,16 +388,21 @@ if [ "$what" = spark ]; then
     notes+=("ours: ${ours_whole} records/s from start to the last commit; Spark: ${spark_whole} records/s from submit to finish (JVM start-up, jars from the Ivy cache, planning); Spark's JVM + Python driver together peaked at $((tree_peak / 1024)) MB"
         "ratio: ours / Spark records/s $(ratio "$ours_rate" "$spark_rate")x (from submit to finish $(ratio "$ours_whole" "$spark_whole")x); Spark / ours: CPU s / M $(ratio "$spark_cpu" "$ours_cpu")x, peak RSS $(ratio "$spark_rss" "$ours_rss")x, PostgreSQL CPU s / M $(ratio "$spark_pg" "$ours_pg")x")
     # The same totals from both schemas. Spark drops the rows behind its watermark (ours
-    # counts them as late) and writes a session only once it is closed.
-    read -r a_ev s_ev a_pv s_pv a_rev s_rev a_late a_ses s_ses a_open <<<"$(psql "$ADMIN_DATABASE_URL" -tA -F' ' -c "SELECT
+    # counts them as late) and writes a session only once its watermark (the largest event
+    # time less 2 minutes) has passed its end plus the 30-minute gap; ours closes those and
+    # also those whose user came back after the gap.
+    read -r a_ev s_ev a_pv s_pv a_rev s_rev a_late a_ses a_wm s_ses a_open <<<"$(psql "$ADMIN_DATABASE_URL" -tA -F' ' -c "SELECT
             (SELECT sum(events) FROM analytics.metrics_minute), (SELECT sum(events) FROM spark.metrics_minute),
             (SELECT sum(events) FROM analytics.metrics_minute WHERE event_type = 'page_view'),
             (SELECT sum(events) FROM spark.metrics_minute WHERE event_type = 'page_view'),
             (SELECT sum(revenue_cents) FROM analytics.metrics_minute), (SELECT sum(revenue_cents) FROM spark.metrics_minute),
             (SELECT sum(late_events) FROM analytics.metrics_minute),
-            (SELECT count(*) FROM analytics.sessions WHERE NOT is_open), (SELECT count(*) FROM spark.sessions),
+            (SELECT count(*) FROM analytics.sessions WHERE NOT is_open),
+            (SELECT count(*) FROM analytics.sessions WHERE NOT is_open AND session_end + interval '32 minutes' <
+                (SELECT max(max_event_time) FROM analytics.consumer_offsets WHERE consumer_group = '$group')),
+            (SELECT count(*) FROM spark.sessions),
             (SELECT count(*) FROM analytics.sessions WHERE is_open)")"
-    notes+=("sanity (ours / Spark): events $a_ev / $s_ev, page views $a_pv / $s_pv, revenue $a_rev / $s_rev cents, closed sessions $a_ses / $s_ses (ours also has $a_open open ones); ours counted $a_late events as late, Spark dropped $((a_ev - s_ev)) behind its watermark (bench/spark/README.md)")
+    notes+=("sanity (ours / Spark): events $a_ev / $s_ev, page views $a_pv / $s_pv, revenue $a_rev / $s_rev cents, closed sessions $a_ses ($a_wm of them past the final watermark) / $s_ses (ours also has $a_open open ones); ours counted $a_late events as late, Spark dropped $((a_ev - s_ev)) behind its watermark (bench/spark/README.md)")
     # Kafka's own tool deletes the topic (the jars dev/stack.sh fetched).
     java -cp "$CACHE/kafka-${KAFKA_VERSION:-4.1.1}/libs/*" org.apache.kafka.tools.TopicCommand \
         --bootstrap-server "$KAFKA_BOOTSTRAP" --delete --topic "$topic" >&2
