@@ -119,6 +119,7 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         "$BIN" migrate >&2 2>/dev/null
         [ -z "${BENCH_PG_DB_SETTINGS:-}" ] || psql "$base/postgres" -qc "ALTER DATABASE clickstream_bench SET $BENCH_PG_DB_SETTINGS" >&2
         group="e2e-$stamp-$inst"
+        psql "$ADMIN_DATABASE_URL" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
         pg0=$(pg_cpu)
         t0=$(date +%s.%N)
         pids=()
@@ -147,6 +148,15 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
         startup=$(echo "scale=1; ($tf - $t0) / 1" | bc)
         printf '| process -> PostgreSQL, committed with offsets (%s-record backlog, sustained) | %s instance(s), batch <= 25,000 / 250 ms, %s | %s | %s MB per instance | %s | %s |\n' "$P" "$inst" "${BENCH_PROCESS_FLAGS:-defaults}" "$rate" "$((rss / 1024))" "$(cpu_per_m "$cpu" "$P")" "$(cpu_per_m "$pg1 - $pg0" "$P")"
         notes+=("with $inst instance(s): ${whole} records/s including ${startup} s from start to the first commit")
+        # Where PostgreSQL's time went: the statements' execution time per million records.
+        notes+=("" "| PostgreSQL statements, $inst instance(s) | calls | ms per million records | share |" "|---|---:|---:|---:|")
+        while IFS='|' read -r q calls ms share; do
+            notes+=("| \`$q\` | $calls | $ms | $share% |")
+        done < <(psql "$ADMIN_DATABASE_URL" -tA -F'|' -c "
+            SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 70), calls,
+                   round(total_exec_time * 1000000 / $P), round(100 * total_exec_time / sum(total_exec_time) OVER ())
+            FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+            ORDER BY total_exec_time DESC LIMIT 8")
     done
 
 

@@ -167,42 +167,58 @@ pub async fn fence(
 ///
 /// Runs on its own connection, outside the batch transaction, while the previous batch's
 /// transaction is still writing: that batch's keys are not visible yet, so the caller
-/// checks them in memory. One index probe per event; the ledger's time-first key keeps
-/// the probes on the few newest pages. Events older than `ledger_from` (the dedup
-/// horizon) are not in the ledger and are not looked up.
+/// checks them in memory. Events older than `ledger_from` (the dedup horizon) are not in
+/// the ledger and are not looked up.
+///
+/// One statement per UTC day of the keys: `event_time = ANY(times)` is a single index
+/// scan that walks the sorted times (about 0.6 µs per key here, against 2.2 µs for a
+/// lateral probe per key, the earlier form), and the day's bounds let PostgreSQL skip
+/// every other day partition when it starts the scan. The scan returns every ledger row
+/// at those instants; the ids are matched here. The connection must plan it generically
+/// (`plan_cache_mode = force_generic_plan`): given the literal array, the planner may scan
+/// the whole time range and filter instead.
 pub async fn known_keys(
     client: &Client,
     events: &[SourcedEvent],
     ledger_from: EventTime,
 ) -> Result<HashSet<EventKey>, ProcessorError> {
-    let (times, ids): (Vec<DateTime<Utc>>, Vec<Uuid>) = events
+    let wanted: HashSet<EventKey> = events
         .iter()
-        .filter(|e| e.event.key().timestamp >= ledger_from)
-        .map(|e| (ts(e.event.key().timestamp), e.event.event_id))
-        .unzip();
-    if times.is_empty() {
-        return Ok(HashSet::new());
+        .map(|e| e.event.key())
+        .filter(|k| k.timestamp >= ledger_from)
+        .collect();
+    let mut days: std::collections::BTreeMap<i64, Vec<DateTime<Utc>>> = Default::default();
+    for k in &wanted {
+        let t = k.timestamp.as_micros();
+        days.entry(t.div_euclid(DAY)).or_default().push(ts(k.timestamp));
     }
-    // LATERAL + LIMIT keeps this a loop of index probes: the planner, seeing the array's
-    // size, might otherwise pick a hash join over the whole ledger.
-    let rows = client
-        .query(
-            "SELECT x.t, x.i FROM UNNEST($1::timestamptz[], $2::uuid[]) AS x(t, i)
-             CROSS JOIN LATERAL (
-                 SELECT 1 FROM analytics.seen_events s
-                 WHERE s.event_time = x.t AND s.event_id = x.i LIMIT 1
-             ) AS hit",
-            &[&times, &ids],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| EventKey {
-            timestamp: from_ts(r.get(0)),
-            event_id: r.get(1),
-        })
-        .collect())
+    let mut known = HashSet::new();
+    for (day, mut times) in days {
+        times.sort_unstable();
+        times.dedup();
+        let from = ts(EventTime::from_micros(day * DAY));
+        let until = ts(EventTime::from_micros((day + 1) * DAY));
+        let rows = client
+            .query(
+                "SELECT event_time, event_id FROM analytics.seen_events
+                 WHERE event_time >= $1 AND event_time < $2 AND event_time = ANY($3::timestamptz[])",
+                &[&from, &until, &times],
+            )
+            .await?;
+        known.extend(
+            rows.iter()
+                .map(|r| EventKey {
+                    timestamp: from_ts(r.get(0)),
+                    event_id: r.get(1),
+                })
+                .filter(|k| wanted.contains(k)),
+        );
+    }
+    Ok(known)
 }
+
+/// Microseconds in a UTC day (the ledger's partitions).
+const DAY: i64 = 86_400_000_000;
 
 /// Records the keys of `events` (all new, see [`known_keys`]) in the dedup ledger with
 /// binary COPY: about three times cheaper than `INSERT ... ON CONFLICT DO NOTHING`, whose

@@ -121,10 +121,11 @@ impl Loop<'_> {
     ) -> Result<Staged, ProcessorError> {
         let t0 = Instant::now();
         if self.probe.as_ref().is_none_or(|c| c.is_closed()) {
-            self.probe = Some(
-                self.handle
-                    .block_on(clickstream_db::connect(&self.cfg.database_url))?,
-            );
+            let probe = self.handle.block_on(super::batch_connection(self.cfg))?;
+            // See `store::known_keys`: the probe must not be planned for its literal array.
+            self.handle
+                .block_on(probe.batch_execute("SET plan_cache_mode = force_generic_plan"))?;
+            self.probe = Some(probe);
         }
         let Some(probe) = self.probe.as_ref() else {
             return Err(ProcessorError::Internal("no probe connection".into()));
