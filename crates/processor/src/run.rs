@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream_model::{ContractLimits, EventTime};
+use clickstream_model::{ContractLimits, EventTime, EventType};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::runtime::Handle;
 use tokio_postgres::Client;
@@ -148,6 +148,9 @@ struct Loop<'a> {
     /// The processing clock when the last committed batch was staged: retention on the
     /// event-time clock goes by it, never dropping days a staged batch still writes to.
     committed_clock: Option<EventTime>,
+    /// `hourly_users` rows committed for the newest hours, so a batch does not send them
+    /// again (most of a batch's rows: the user was active earlier in the hour).
+    hourly_seen: HourlySeen,
     /// Days every partitioned table has partitions for (see [`crate::retention`]).
     ready_days: Option<(chrono::NaiveDate, chrono::NaiveDate)>,
     dlq: DeadLetters,
@@ -212,6 +215,7 @@ pub fn run(
         clock: crate::clock::Clock::new(cfg.clock),
         ready_days: None,
         committed_clock: None,
+        hourly_seen: HourlySeen::default(),
         dlq,
         metrics,
         sinks,
@@ -450,5 +454,37 @@ fn fatal_or(e: ProcessorError) -> Result<ProcessorError, ProcessorError> {
         Ok(e)
     } else {
         Err(e)
+    }
+}
+
+/// The `(hour, type, user)` rows of `analytics.hourly_users` this instance has committed
+/// for the [`HourlySeen::HOURS`] newest hours. Only committed rows enter (a failed batch's
+/// do not), and a row not found here is simply sent again (`ON CONFLICT DO NOTHING`), so
+/// the cache can only save work, never lose a row; other instances have their own.
+#[derive(Default)]
+struct HourlySeen {
+    hours: std::collections::BTreeMap<i64, foldhash::HashSet<(EventType, uuid::Uuid)>>,
+}
+
+impl HourlySeen {
+    /// Hours kept: the current one and the one before (late events reach back).
+    const HOURS: usize = 2;
+
+    /// Drops the rows of `batch` that are known to be committed.
+    fn forget_known(&self, batch: &mut foldhash::HashSet<(i64, EventType, uuid::Uuid)>) {
+        batch.retain(|(h, t, u)| !self.hours.get(h).is_some_and(|s| s.contains(&(*t, *u))));
+    }
+
+    /// Remembers the rows of a committed batch.
+    fn committed(&mut self, rows: &foldhash::HashSet<(i64, EventType, uuid::Uuid)>) {
+        let newest = self.hours.keys().next_back().copied();
+        for &(h, t, u) in rows {
+            if newest.is_none_or(|n| h + (Self::HOURS as i64 - 1) * crate::engine::HOUR >= n) {
+                self.hours.entry(h).or_default().insert((t, u));
+            }
+        }
+        while self.hours.len() > Self::HOURS {
+            self.hours.pop_first();
+        }
     }
 }

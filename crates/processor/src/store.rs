@@ -190,7 +190,9 @@ pub async fn known_keys(
     let mut days: std::collections::BTreeMap<i64, Vec<DateTime<Utc>>> = Default::default();
     for k in &wanted {
         let t = k.timestamp.as_micros();
-        days.entry(t.div_euclid(DAY)).or_default().push(ts(k.timestamp));
+        days.entry(t.div_euclid(DAY))
+            .or_default()
+            .push(ts(k.timestamp));
     }
     let mut known = HashSet::new();
     for (day, mut times) in days {
@@ -540,7 +542,10 @@ pub async fn write_outputs(
 /// The entries of `map` in the order of `key`. Every upsert writes its rows in key order,
 /// so two instances touching the same hot rows (a popular product's minute) lock them in
 /// the same order and one waits for the other instead of deadlocking.
-fn sorted<K, V, O: Ord>(map: &HashMap<K, V>, key: impl Fn(&K) -> O) -> Vec<(&K, &V)> {
+fn sorted<K, V, S, O: Ord>(
+    map: &std::collections::HashMap<K, V, S>,
+    key: impl Fn(&K) -> O,
+) -> Vec<(&K, &V)> {
     let mut rows: Vec<(&K, &V)> = map.iter().collect();
     rows.sort_by_cached_key(|(k, _)| key(k));
     rows

@@ -174,6 +174,7 @@ impl Loop<'_> {
                 });
             }
         }
+        self.hourly_seen.forget_known(&mut out.hourly_users);
         let keys = fresh.iter().map(|e| e.event.key()).collect();
         let records = p.offsets.len();
         let counts = Heartbeat {
@@ -329,6 +330,7 @@ impl Loop<'_> {
         if staged.counts.records > 0 && self.clock.follows_events() {
             self.committed_clock = Some(staged.clock);
         }
+        self.hourly_seen.committed(&staged.out.hourly_users);
         let c = staged.counts;
         self.totals = self.totals.plus(&c);
         self.splitter
