@@ -219,8 +219,8 @@ pub async fn known_keys(
     Ok(known)
 }
 
-/// Microseconds in a UTC day (the ledger's partitions).
-const DAY: i64 = 86_400_000_000;
+/// Microseconds in a UTC day (the tables' partitions).
+pub(crate) const DAY: i64 = 86_400_000_000;
 
 /// Records the keys of `events` (all new, see [`known_keys`]) in the dedup ledger with
 /// binary COPY: about three times cheaper than `INSERT ... ON CONFLICT DO NOTHING`, whose

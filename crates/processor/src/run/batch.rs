@@ -214,24 +214,32 @@ impl Loop<'_> {
         rejections: bool,
         rejected_at: chrono::DateTime<Utc>,
     ) -> Result<(), ProcessorError> {
+        const DAY: i64 = store::DAY;
         let window = self.cfg.engine.window_micros;
-        let day = |us: i64| {
-            chrono::DateTime::from_timestamp_micros(us)
+        // Day numbers first (integer division per event, consecutive repeats skipped),
+        // dates only for the few distinct ones.
+        let mut numbers = std::collections::BTreeSet::new();
+        let mut last = None;
+        for e in fresh {
+            let t = e.event.timestamp.as_micros();
+            // The ledger keys by the client's corrected time when there is one.
+            let key = e.event.key().timestamp.as_micros();
+            for n in [(t - window).div_euclid(DAY), t.div_euclid(DAY), key.div_euclid(DAY)] {
+                if last != Some(n) {
+                    numbers.insert(n);
+                    last = Some(n);
+                }
+            }
+        }
+        let day = |n: i64| {
+            chrono::DateTime::from_timestamp_micros(n.saturating_mul(DAY))
                 .unwrap_or_default()
                 .date_naive()
         };
         let ready = self.ready_days;
-        let mut missing: std::collections::BTreeSet<chrono::NaiveDate> = fresh
-            .iter()
-            .flat_map(|e| {
-                let t = e.event.timestamp.as_micros();
-                // The ledger keys by the client's corrected time when there is one.
-                [
-                    day(t - window),
-                    day(t),
-                    day(e.event.key().timestamp.as_micros()),
-                ]
-            })
+        let mut missing: std::collections::BTreeSet<chrono::NaiveDate> = numbers
+            .into_iter()
+            .map(day)
             .chain(rejections.then_some(rejected_at.date_naive()))
             .filter(|d| !ready.is_some_and(|(a, b)| a <= *d && *d <= b))
             .collect();
