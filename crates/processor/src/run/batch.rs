@@ -224,7 +224,11 @@ impl Loop<'_> {
             let t = e.event.timestamp.as_micros();
             // The ledger keys by the client's corrected time when there is one.
             let key = e.event.key().timestamp.as_micros();
-            for n in [(t - window).div_euclid(DAY), t.div_euclid(DAY), key.div_euclid(DAY)] {
+            for n in [
+                (t - window).div_euclid(DAY),
+                t.div_euclid(DAY),
+                key.div_euclid(DAY),
+            ] {
                 if last != Some(n) {
                     numbers.insert(n);
                     last = Some(n);
