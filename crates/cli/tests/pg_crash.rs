@@ -14,7 +14,7 @@ use clickstream_model::EventTime;
 use support::*;
 
 /// Tables and the columns that must match (wall-clock columns left out).
-const TABLES: [(&str, &str); 9] = [
+const TABLES: [(&str, &str); 10] = [
     ("metrics_minute", "minute, event_type, events, units, revenue_cents, late_events, bot_events"),
     ("product_minute", "minute, product_id, category, views, cart_adds, purchases, units, revenue_cents"),
     ("category_minute", "minute, category, views, cart_adds, purchases, units, revenue_cents"),
@@ -24,6 +24,7 @@ const TABLES: [(&str, &str); 9] = [
     ("late_events", "event_id, event_type, event_time, watermark, kafka_partition, kafka_offset, absorbed_by_session"),
     ("rejected_events", "topic, kafka_partition, kafka_offset, reason, detail, payload_bytes"),
     ("consumer_offsets", "topic, kafka_partition, next_offset, watermark, max_event_time"),
+    ("hourly_users", "hour, event_type, user_id"),
 ];
 
 /// An order-independent fingerprint of each table: row count and md5 of the sorted rows.

@@ -24,8 +24,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 // foldhash instead of std's SipHash for the per-event maps (hashing showed as ~9% of the
-// processor's time). Seeded per process; the keys are ids and times, not attacker-chosen
-// strings alone.
+// processor's time). Its per-process random seed is weaker against deliberate collisions
+// than SipHash; the string keys (product ids, categories) are bounded by the contract's
+// field length and a map lives for one batch, so a flood costs one slow batch at worst.
 use foldhash::{HashMap, HashSet, HashSetExt};
 
 use clickstream_model::{Event, EventTime, EventType};

@@ -458,33 +458,53 @@ fn fatal_or(e: ProcessorError) -> Result<ProcessorError, ProcessorError> {
 }
 
 /// The `(hour, type, user)` rows of `analytics.hourly_users` this instance has committed
-/// for the [`HourlySeen::HOURS`] newest hours. Only committed rows enter (a failed batch's
-/// do not), and a row not found here is simply sent again (`ON CONFLICT DO NOTHING`), so
-/// the cache can only save work, never lose a row; other instances have their own.
+/// for the current hour of the processing clock and the one before. Only rows of
+/// committed batches enter, and the cache is emptied whenever state is reloaded
+/// ([`Loop::reset`]): with asynchronous commits a PostgreSQL crash can lose batches that
+/// had committed, and their records are then processed again and must write their rows
+/// again. A row not found here is simply sent (`ON CONFLICT DO NOTHING`), so the cache
+/// only saves work; other instances have their own.
 #[derive(Default)]
 struct HourlySeen {
     hours: std::collections::BTreeMap<i64, foldhash::HashSet<(EventType, uuid::Uuid)>>,
+    rows: usize,
 }
 
 impl HourlySeen {
-    /// Hours kept: the current one and the one before (late events reach back).
-    const HOURS: usize = 2;
+    /// Most rows kept (~40 bytes each): past it, new rows are not remembered.
+    const MAX_ROWS: usize = 1_000_000;
 
     /// Drops the rows of `batch` that are known to be committed.
     fn forget_known(&self, batch: &mut foldhash::HashSet<(i64, EventType, uuid::Uuid)>) {
+        if self.rows == 0 {
+            return;
+        }
         batch.retain(|(h, t, u)| !self.hours.get(h).is_some_and(|s| s.contains(&(*t, *u))));
     }
 
-    /// Remembers the rows of a committed batch.
-    fn committed(&mut self, rows: &foldhash::HashSet<(i64, EventType, uuid::Uuid)>) {
-        let newest = self.hours.keys().next_back().copied();
-        for &(h, t, u) in rows {
-            if newest.is_none_or(|n| h + (Self::HOURS as i64 - 1) * crate::engine::HOUR >= n) {
-                self.hours.entry(h).or_default().insert((t, u));
+    /// Remembers the rows of a committed batch that fall in the clock's current or
+    /// previous hour (`now`), and forgets older hours.
+    fn committed(
+        &mut self,
+        rows: &foldhash::HashSet<(i64, EventType, uuid::Uuid)>,
+        now: EventTime,
+    ) {
+        let hour = crate::engine::HOUR;
+        let current = now.as_micros().div_euclid(hour) * hour;
+        let oldest = current - hour;
+        while let Some(entry) = self.hours.first_entry() {
+            if *entry.key() >= oldest {
+                break;
             }
+            self.rows -= entry.remove().len();
         }
-        while self.hours.len() > Self::HOURS {
-            self.hours.pop_first();
+        for &(h, t, u) in rows {
+            if self.rows >= Self::MAX_ROWS {
+                break;
+            }
+            if (oldest..=current).contains(&h) && self.hours.entry(h).or_default().insert((t, u)) {
+                self.rows += 1;
+            }
         }
     }
 }

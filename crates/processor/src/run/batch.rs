@@ -342,7 +342,8 @@ impl Loop<'_> {
         if staged.counts.records > 0 && self.clock.follows_events() {
             self.committed_clock = Some(staged.clock);
         }
-        self.hourly_seen.committed(&staged.out.hourly_users);
+        self.hourly_seen
+            .committed(&staged.out.hourly_users, staged.clock);
         let c = staged.counts;
         self.totals = self.totals.plus(&c);
         self.splitter

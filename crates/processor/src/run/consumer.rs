@@ -262,6 +262,9 @@ impl Loop<'_> {
             self.parts.insert(p, Part::new(sp.next_offset, sp.state));
         }
         self.resync_clock();
+        // Batches this instance saw commit may be gone (asynchronous commits and a
+        // PostgreSQL crash): their hourly rows must be written again.
+        self.hourly_seen = Default::default();
         Ok(())
     }
 
