@@ -458,7 +458,7 @@ fn fatal_or(e: ProcessorError) -> Result<ProcessorError, ProcessorError> {
 }
 
 /// The `(hour, type, user)` rows of `analytics.hourly_users` this instance has committed
-/// for the current hour of the processing clock and the one before. Only rows of
+/// for the newest hour it committed (not after the clock's) and the one before. Only rows of
 /// committed batches enter, and the cache is emptied whenever state is reloaded
 /// ([`Loop::reset`]): with asynchronous commits a PostgreSQL crash can lose batches that
 /// had committed, and their records are then processed again and must write their rows
@@ -482,8 +482,10 @@ impl HourlySeen {
         batch.retain(|(h, t, u)| !self.hours.get(h).is_some_and(|s| s.contains(&(*t, *u))));
     }
 
-    /// Remembers the rows of a committed batch that fall in the clock's current or
-    /// previous hour (`now`), and forgets older hours.
+    /// Remembers the rows of a committed batch in its newest hour and the one before
+    /// (a replay of older traffic is cached too), forgetting older hours. Rows stamped
+    /// after the clock's current hour (`now`) are left out: one future-stamped event must
+    /// not move the window away from the current hour.
     fn committed(
         &mut self,
         rows: &foldhash::HashSet<(i64, EventType, uuid::Uuid)>,
@@ -491,7 +493,14 @@ impl HourlySeen {
     ) {
         let hour = crate::engine::HOUR;
         let current = now.as_micros().div_euclid(hour) * hour;
-        let oldest = current - hour;
+        let newest = rows
+            .iter()
+            .map(|r| r.0)
+            .filter(|h| *h <= current)
+            .chain(self.hours.keys().next_back().copied())
+            .max();
+        let Some(newest) = newest else { return };
+        let oldest = newest - hour;
         while let Some(entry) = self.hours.first_entry() {
             if *entry.key() >= oldest {
                 break;
@@ -502,7 +511,7 @@ impl HourlySeen {
             if self.rows >= Self::MAX_ROWS {
                 break;
             }
-            if (oldest..=current).contains(&h) && self.hours.entry(h).or_default().insert((t, u)) {
+            if (oldest..=newest).contains(&h) && self.hours.entry(h).or_default().insert((t, u)) {
                 self.rows += 1;
             }
         }
