@@ -82,6 +82,21 @@ pg_cpu() {
     echo "scale=2; $ticks / $(getconf CLK_TCK)" | bc
 }
 
+# Points the three database URLs at the scratch database `clickstream_bench` of the same
+# server ($base is the server's URL, for the maintenance database).
+use_scratch_db() {
+    base=${ADMIN_DATABASE_URL%/*}
+    export ADMIN_DATABASE_URL="$base/clickstream_bench"
+    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
+    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
+}
+
+# Drops and re-creates the scratch database and migrates it (a fresh dedup ledger per run).
+fresh_scratch_db() {
+    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
+    "$BIN" migrate >&2 2>/dev/null
+}
+
 machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "machine: $machine; $(date -u +%Y-%m-%d); records per run: $N"
 echo
@@ -102,10 +117,7 @@ fi
 if [ "$what" = processor ] || [ "$what" = all ]; then
     P=${BENCH_PROCESSOR_EVENTS:-2000000}
     LAT=${BENCH_LATENCY_SECONDS:-60}
-    base=${ADMIN_DATABASE_URL%/*}
-    export ADMIN_DATABASE_URL="$base/clickstream_bench"
-    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
-    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
+    use_scratch_db
     stamp=$(date +%s)
     topic="bench.e2e.$stamp"
     start=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
@@ -115,8 +127,7 @@ if [ "$what" = processor ] || [ "$what" = all ]; then
     }
     for inst in ${BENCH_INSTANCES:-1 2}; do
         # A fresh database per run: the dedup ledger must not remember the previous run.
-        psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
-        "$BIN" migrate >&2 2>/dev/null
+        fresh_scratch_db
         [ -z "${BENCH_PG_DB_SETTINGS:-}" ] || psql "$base/postgres" -qc "ALTER DATABASE clickstream_bench SET $BENCH_PG_DB_SETTINGS" >&2
         group="e2e-$stamp-$inst"
         # Statement timings need the module preloaded (dev/stack.sh does; a server started
@@ -251,12 +262,8 @@ if [ "$what" = soak ]; then
     DAYS=${BENCH_SOAK_DAYS:-7}
     SLICE=${BENCH_SOAK_SLICE:-5000000}
     SOAK_FLAGS=${BENCH_SOAK_FLAGS:---max-event-age 2days --dedup-horizon 1day --retain-aggregates 4days --retain-details 4days --retain-errors 4days}
-    base=${ADMIN_DATABASE_URL%/*}
-    export ADMIN_DATABASE_URL="$base/clickstream_bench"
-    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
-    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
-    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
-    "$BIN" migrate >&2 2>/dev/null
+    use_scratch_db
+    fresh_scratch_db
     stamp=$(date +%s)
     group="soak-$stamp"
     # DAYS of event time at the rate that fits S records in them, ending about now.
@@ -321,12 +328,8 @@ if [ "$what" = spark ]; then
     # after the other, each into its own schema of the scratch database.
     S=${BENCH_SPARK_EVENTS:-2000000}
     bench/spark/setup.sh >/dev/null
-    base=${ADMIN_DATABASE_URL%/*}
-    export ADMIN_DATABASE_URL="$base/clickstream_bench"
-    export DATABASE_URL="${DATABASE_URL%/*}/clickstream_bench"
-    export READER_DATABASE_URL="${READER_DATABASE_URL%/*}/clickstream_bench"
-    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS clickstream_bench WITH (FORCE)" -c "CREATE DATABASE clickstream_bench" >&2
-    "$BIN" migrate >&2 2>/dev/null
+    use_scratch_db
+    fresh_scratch_db
     psql "$ADMIN_DATABASE_URL" -q -v ON_ERROR_STOP=1 -f bench/spark/schema.sql >&2
     stamp=$(date +%s)
     topic="bench.spark.$stamp"
