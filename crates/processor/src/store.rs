@@ -174,11 +174,11 @@ pub async fn fence(
 /// scan that walks the sorted times (about 0.6 µs per key here, against 2.2 µs for a
 /// lateral probe per key, the earlier form), and the day's bounds let PostgreSQL skip
 /// every other day partition when it starts the scan. The scan returns every ledger row
-/// at those instants and the ids are matched here: cheap while event times are
-/// microsecond-distinct (trackers stamp milliseconds, the simulator microseconds); clients
-/// that stamp whole seconds make it return every event of each second probed. The connection must plan it generically
-/// (`plan_cache_mode = force_generic_plan`): given the literal array, the planner may scan
-/// the whole time range and filter instead.
+/// at those instants and the ids are matched here: cheap while event times are nearly
+/// distinct (trackers stamp milliseconds, the simulator microseconds); clients that stamp
+/// whole seconds make it return every event of each second probed. The connection must
+/// plan it generically (`plan_cache_mode = force_generic_plan`): given the literal array,
+/// the planner may scan the whole time range and filter instead.
 pub async fn known_keys(
     client: &Client,
     events: &[SourcedEvent],
