@@ -6,8 +6,10 @@
 //! so the common case pays nothing for precise error reporting.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
+use foldhash::HashSet;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use thiserror::Error;
@@ -523,19 +525,70 @@ fn uuid(s: &str, field: &'static str) -> Result<Uuid, RejectReason> {
     Uuid::try_parse(s).map_err(|_| RejectReason::InvalidUuid { field })
 }
 
+/// A text field checked for control characters and length, in its own allocation (for
+/// values that rarely repeat: referrers, addresses).
 fn text(
     v: Option<Cow<'_, str>>,
     field: &'static str,
     limit: usize,
 ) -> Result<Option<Arc<str>>, RejectReason> {
-    match v {
-        None => Ok(None),
-        Some(s) if s.chars().any(char::is_control) => Err(RejectReason::ControlCharacter { field }),
-        Some(s) if s.is_empty() || s.chars().count() > limit => {
-            Err(RejectReason::BadFieldLength { field, limit })
-        }
-        Some(s) => Ok(Some(Arc::from(s.as_ref()))),
+    Ok(checked(v, field, limit)?.map(|s| Arc::from(s.as_ref())))
+}
+
+/// Like [`text`], for values that repeat from event to event (agents, categories,
+/// products, countries): the repeats share one allocation (see [`intern`]).
+fn shared_text(
+    v: Option<Cow<'_, str>>,
+    field: &'static str,
+    limit: usize,
+) -> Result<Option<Arc<str>>, RejectReason> {
+    Ok(checked(v, field, limit)?.map(|s| intern(&s)))
+}
+
+fn checked<'a>(
+    v: Option<Cow<'a, str>>,
+    field: &'static str,
+    limit: usize,
+) -> Result<Option<Cow<'a, str>>, RejectReason> {
+    let Some(s) = v else { return Ok(None) };
+    // Printable ASCII (nearly every value) is checked byte by byte, with its length in
+    // characters known; anything else takes the full Unicode path.
+    let (control, chars) = if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        (false, s.len())
+    } else {
+        (s.chars().any(char::is_control), s.chars().count())
+    };
+    if control {
+        return Err(RejectReason::ControlCharacter { field });
     }
+    if chars == 0 || chars > limit {
+        return Err(RejectReason::BadFieldLength { field, limit });
+    }
+    Ok(Some(s))
+}
+
+/// Most distinct values [`intern`] keeps per thread before it starts over.
+const INTERN_LIMIT: usize = 16_384;
+
+thread_local! {
+    static INTERNED: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::default());
+}
+
+/// The shared copy of `s`. An allocation per field per event (and its free) was the
+/// largest single cost of validation; a stream repeats a few thousand agents, pages and
+/// products. The set is bounded: a flood of distinct values only empties it again.
+fn intern(s: &str) -> Arc<str> {
+    INTERNED.with_borrow_mut(|set| {
+        if let Some(shared) = set.get(s) {
+            return Arc::clone(shared);
+        }
+        if set.len() >= INTERN_LIMIT {
+            set.clear();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        set.insert(Arc::clone(&shared));
+        shared
+    })
 }
 
 fn money(
@@ -657,20 +710,20 @@ fn check(w: Wire<'_>, policy: &ValidationPolicy) -> Result<Event, RejectReason> 
         timestamp: ts,
         user_id,
         session_id,
-        product_id: text(product_id, "product_id", MAX_SHORT_FIELD)?,
-        category: text(category, "category", MAX_SHORT_FIELD)?,
+        product_id: shared_text(product_id, "product_id", MAX_SHORT_FIELD)?,
+        category: shared_text(category, "category", MAX_SHORT_FIELD)?,
         price,
         quantity,
         order_id,
         amount,
-        device: text(optional(w.device), "device", MAX_SHORT_FIELD)?,
-        country: text(optional(w.country), "country", MAX_SHORT_FIELD)?,
-        user_agent: text(optional(w.user_agent), "user_agent", MAX_LONG_FIELD)?,
+        device: shared_text(optional(w.device), "device", MAX_SHORT_FIELD)?,
+        country: shared_text(optional(w.country), "country", MAX_SHORT_FIELD)?,
+        user_agent: shared_text(optional(w.user_agent), "user_agent", MAX_LONG_FIELD)?,
         referrer: text(optional(w.referrer), "referrer", MAX_LONG_FIELD)?,
-        utm_source: text(optional(w.utm_source), "utm_source", MAX_SHORT_FIELD)?,
-        page: text(optional(w.page), "page", MAX_SHORT_FIELD)?,
-        browser: text(optional(w.browser), "browser", MAX_SHORT_FIELD)?,
-        os: text(optional(w.os), "os", MAX_SHORT_FIELD)?,
+        utm_source: shared_text(optional(w.utm_source), "utm_source", MAX_SHORT_FIELD)?,
+        page: shared_text(optional(w.page), "page", MAX_SHORT_FIELD)?,
+        browser: shared_text(optional(w.browser), "browser", MAX_SHORT_FIELD)?,
+        os: shared_text(optional(w.os), "os", MAX_SHORT_FIELD)?,
         bot: optional(w.bot),
         ip: text(optional(w.ip), "ip", MAX_SHORT_FIELD)?,
         client_timestamp,

@@ -470,15 +470,13 @@ impl PartitionState {
 
 /// Keeps the first occurrence of each event key (id and event time; input in
 /// partition/offset order); returns the kept events and how many were dropped as duplicates.
-pub fn dedup_batch(events: Vec<SourcedEvent>) -> (Vec<SourcedEvent>, usize) {
+pub fn dedup_batch(mut events: Vec<SourcedEvent>) -> (Vec<SourcedEvent>, usize) {
     let mut seen = HashSet::with_capacity(events.len());
     let before = events.len();
-    let kept: Vec<_> = events
-        .into_iter()
-        .filter(|e| seen.insert(e.event.key()))
-        .collect();
-    let dropped = before - kept.len();
-    (kept, dropped)
+    // In place: the events are large, and `retain` moves none until the first duplicate.
+    events.retain(|e| seen.insert(e.event.key()));
+    let dropped = before - events.len();
+    (events, dropped)
 }
 
 #[cfg(test)]

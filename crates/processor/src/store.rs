@@ -4,11 +4,12 @@
 //!
 //! All SQL of the processor lives in this module.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::pin;
 
 use chrono::{DateTime, Utc};
 use clickstream_model::{EventKey, EventTime, EventType};
+use foldhash::{HashSet, HashSetExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel, Transaction};

@@ -320,3 +320,51 @@ fn collector_fields_round_trip_and_the_key_uses_the_device_time() {
     let again = parse_event(&e.to_json(), &policy()).unwrap();
     assert_eq!(again, e);
 }
+
+#[test]
+fn repeated_values_share_one_allocation_and_keep_their_checks() {
+    let ua = "Mozilla/5.0 (X11; Linux x86_64) Googlebot/2.1";
+    let a = parse_event(&with("user_agent", json!(ua)), &policy()).unwrap();
+    let b = parse_event(&with("user_agent", json!(ua)), &policy()).unwrap();
+    let (ua_a, ua_b) = (a.user_agent.clone().unwrap(), b.user_agent.clone().unwrap());
+    assert!(Arc::ptr_eq(&ua_a, &ua_b));
+    assert_eq!(&*ua_a, ua);
+    assert!(a.is_bot() && b.is_bot());
+    // The same text in an allocation of its own is judged alike.
+    let mut own = Event::new(
+        a.event_id,
+        a.event_type,
+        a.timestamp,
+        a.user_id,
+        a.session_id,
+    );
+    own.user_agent = Some(Arc::from("curl/8.5.0"));
+    assert!(own.is_bot());
+    own.user_agent = Some(Arc::from(
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X)",
+    ));
+    assert!(!own.is_bot());
+
+    // Non-ASCII text is measured in characters and still refused with a control character.
+    let long = "é".repeat(MAX_SHORT_FIELD);
+    assert!(parse_event(&with("country", json!(long)), &policy()).is_ok());
+    let longer = "é".repeat(MAX_SHORT_FIELD + 1);
+    assert_eq!(
+        parse_event(&with("country", json!(longer)), &policy())
+            .unwrap_err()
+            .code(),
+        "bad_field_length"
+    );
+    assert_eq!(
+        parse_event(&with("category", json!("sports\u{85}")), &policy())
+            .unwrap_err()
+            .code(),
+        "control_character"
+    );
+    assert_eq!(
+        parse_event(&with("category", json!("\u{7f}sports")), &policy())
+            .unwrap_err()
+            .code(),
+        "control_character"
+    );
+}

@@ -4,16 +4,17 @@
 //! ([`Loop::start_transaction`], [`run_transaction`]), then account for it
 //! ([`Loop::finish`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clickstream_model::{parse_event, printable, EventKey, EventTime};
+use foldhash::{HashSet, HashSetExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::Client;
 
-use super::{Loop, Owned, Part, ProcessorConfig};
+use super::{Loop, Part, Polled, ProcessorConfig};
 use crate::engine::{dedup_batch, BatchOutput, SourcedEvent};
 use crate::metrics::ReasonLabel;
 use crate::retry::FailedBatch;
@@ -30,7 +31,7 @@ pub const UNSTORABLE: &str = "unstorable";
 impl Loop<'_> {
     /// Validates and deduplicates a polled batch and dead-letters its rejects (before any
     /// commit that covers them, so a crash can repeat a dead letter but never lose one).
-    pub(super) fn prepare(&mut self, batch: Vec<Owned>) -> Result<Prepared, ProcessorError> {
+    pub(super) fn prepare(&mut self, batch: Polled) -> Result<Prepared, ProcessorError> {
         if self.clock.unset() {
             self.seed_clock(&batch);
         }
@@ -39,15 +40,16 @@ impl Loop<'_> {
         let mut rejected = Vec::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
         let first_polled = Instant::now();
-        for r in batch.iter() {
+        for r in &batch.records {
             ends.insert(r.partition, r.offset + 1);
+            let payload = batch.payload(r);
             let reject = |reason: &'static str, detail: String| Rejected {
                 partition: r.partition,
                 offset: r.offset,
                 reason,
                 detail,
-                key: r.key.clone(),
-                payload: r.payload.clone(),
+                key: batch.key(r).map(<[u8]>::to_vec),
+                payload: payload.to_vec(),
                 dlq_pending: false,
             };
             if let Some(error) = self.splitter.unstorable((r.partition, r.offset)) {
@@ -57,7 +59,7 @@ impl Loop<'_> {
                 ));
                 continue;
             }
-            match parse_event(&r.payload, &policy) {
+            match parse_event(payload, &policy) {
                 Ok(event) => valid.push(SourcedEvent {
                     event,
                     partition: r.partition,
@@ -66,7 +68,11 @@ impl Loop<'_> {
                 Err(reason) => rejected.push(reject(reason.code(), reason.to_string())),
             }
         }
-        let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
+        let offsets: Vec<(i32, i64)> = batch
+            .records
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect();
         drop(batch);
         if self.clock.follows_events() {
             // The next batch is judged by this one's median time: a few skewed or bad
@@ -98,11 +104,12 @@ impl Loop<'_> {
 
     /// Starts an event-time clock at the median of the batch's event times, so neither an
     /// ancient nor a far-future timestamp at the head of a replay sets it.
-    fn seed_clock(&self, batch: &[Owned]) {
+    fn seed_clock(&self, batch: &Polled) {
         let policy = self.clock.seed_policy(&self.cfg.limits);
         let times = batch
+            .records
             .iter()
-            .filter_map(|r| parse_event(&r.payload, &policy).ok())
+            .filter_map(|r| parse_event(batch.payload(r), &policy).ok())
             .map(|e| e.timestamp)
             .collect();
         if let Some(t) = median(times) {

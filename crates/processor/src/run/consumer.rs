@@ -13,7 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Offset;
 use tokio::runtime::Handle;
 
-use super::{writer_connection, Loop, Owned, Part, ProcessorConfig};
+use super::{writer_connection, Loop, Part, Polled, ProcessorConfig};
 use crate::kafka::{Assignment, RestoringContext};
 use crate::ProcessorError;
 
@@ -175,8 +175,8 @@ impl Loop<'_> {
 
     /// Polls up to the splitter's cap of records, or until `batch_max_wait` after the
     /// first; returns early (possibly empty) when the input is idle.
-    pub(super) fn poll_batch(&self, stop: &AtomicBool) -> Result<Vec<Owned>, ProcessorError> {
-        let mut batch: Vec<Owned> = Vec::new();
+    pub(super) fn poll_batch(&self, stop: &AtomicBool) -> Result<Polled, ProcessorError> {
+        let mut batch = Polled::default();
         let mut deadline: Option<Instant> = None;
         let cap = self.splitter.cap();
         while batch.len() < cap && !stop.load(Ordering::Relaxed) {
@@ -187,15 +187,7 @@ impl Loop<'_> {
                 },
                 None => Duration::from_millis(200),
             };
-            let msg = self.consumer.poll(wait).map(|r| {
-                r.map(|m| Owned {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                })
-            });
-            match msg {
+            match self.consumer.poll(wait) {
                 None => {
                     if deadline.is_none() {
                         // Idle: hand back so the caller can refresh lag and check `stop`.
@@ -207,7 +199,18 @@ impl Loop<'_> {
                     // Ownership and already-committed offsets are checked after the
                     // assignment changes are applied (`Prepared::retain_owned`).
                     deadline.get_or_insert_with(|| Instant::now() + self.cfg.batch_max_wait);
-                    batch.push(m);
+                    if batch.is_empty() {
+                        // Room for a full batch of records this size (bounded: the first
+                        // record may be an outlier), instead of growing step by step.
+                        let size = m.payload_len() + m.key_len();
+                        batch.bytes.reserve(size.saturating_mul(cap).min(32 << 20));
+                    }
+                    batch.push(
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.payload().unwrap_or_default(),
+                    );
                 }
             }
         }
