@@ -195,6 +195,9 @@ struct Loop<'a> {
     /// `hourly_users` rows committed for the newest hours, so a batch does not send them
     /// again (most of a batch's rows: the user was active earlier in the hour).
     hourly_seen: HourlySeen,
+    /// The last polled batch's buffer, emptied, for the next one: a new buffer per batch
+    /// had its pages faulted in (and zeroed by the kernel) every time.
+    spare_bytes: Vec<u8>,
     /// Days every partitioned table has partitions for (see [`crate::retention`]).
     ready_days: Option<(chrono::NaiveDate, chrono::NaiveDate)>,
     dlq: DeadLetters,
@@ -260,6 +263,7 @@ pub fn run(
         ready_days: None,
         committed_clock: None,
         hourly_seen: HourlySeen::default(),
+        spare_bytes: Vec::new(),
         dlq,
         metrics,
         sinks,
@@ -319,6 +323,7 @@ pub fn run(
         // resume gap) abandons the batch like a failed transaction.
         let mut abandoned = None;
         let mut prepared = if polled.is_empty() {
+            l.spare_bytes = polled.bytes;
             None
         } else {
             match l.prepare(polled) {

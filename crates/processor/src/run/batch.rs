@@ -73,7 +73,9 @@ impl Loop<'_> {
             .iter()
             .map(|r| (r.partition, r.offset))
             .collect();
-        drop(batch);
+        let mut bytes = batch.bytes;
+        bytes.clear();
+        self.spare_bytes = bytes;
         if self.clock.follows_events() {
             // The next batch is judged by this one's median time: a few skewed or bad
             // timestamps cannot move it.

@@ -175,8 +175,11 @@ impl Loop<'_> {
 
     /// Polls up to the splitter's cap of records, or until `batch_max_wait` after the
     /// first; returns early (possibly empty) when the input is idle.
-    pub(super) fn poll_batch(&self, stop: &AtomicBool) -> Result<Polled, ProcessorError> {
-        let mut batch = Polled::default();
+    pub(super) fn poll_batch(&mut self, stop: &AtomicBool) -> Result<Polled, ProcessorError> {
+        let mut batch = Polled {
+            records: Vec::new(),
+            bytes: std::mem::take(&mut self.spare_bytes),
+        };
         let mut deadline: Option<Instant> = None;
         let cap = self.splitter.cap();
         while batch.len() < cap && !stop.load(Ordering::Relaxed) {
@@ -199,7 +202,7 @@ impl Loop<'_> {
                     // Ownership and already-committed offsets are checked after the
                     // assignment changes are applied (`Prepared::retain_owned`).
                     deadline.get_or_insert_with(|| Instant::now() + self.cfg.batch_max_wait);
-                    if batch.is_empty() {
+                    if batch.is_empty() && batch.bytes.capacity() == 0 {
                         // Room for a full batch of records this size (bounded: the first
                         // record may be an outlier), instead of growing step by step.
                         let size = m.payload_len() + m.key_len();
