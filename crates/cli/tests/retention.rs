@@ -1,7 +1,8 @@
 //! Day partitions and retention against real PostgreSQL and Kafka: migration 0008 moves
 //! the rows of schema 7 into day partitions unchanged, retention drops the expired days of
 //! every table family and nothing newer (rolling hourly users up first, deleting no row),
-//! and the dedup ledger drops re-sends across a day boundary and a restart.
+//! partitions of the tables updated in place leave room on their pages (0009), and the
+//! dedup ledger drops re-sends across a day boundary and a restart.
 
 mod support;
 
@@ -41,6 +42,39 @@ async fn partitions(c: &Client, table: &str) -> BTreeMap<NaiveDate, i64> {
         out.insert(day, rows);
     }
     out
+}
+
+/// The `fillfactor` of each partition of `analytics.<table>` (`None`: the default, full
+/// pages).
+async fn fillfactors(c: &Client, table: &str) -> BTreeSet<Option<String>> {
+    c.query(
+        "SELECT (SELECT split_part(o, '=', 2) FROM unnest(c.reloptions) AS o
+                  WHERE o LIKE 'fillfactor=%')
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = format('analytics.%I', $1::text)::regclass",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Partitions of the tables the processor updates in place keep 30% of each page free;
+/// append-only ones stay full.
+async fn assert_fillfactors(c: &Client, rewritten: &[&str], append_only: &[&str]) {
+    let seventy = BTreeSet::from([Some("70".to_string())]);
+    for table in rewritten {
+        assert_eq!(fillfactors(c, table).await, seventy, "{table}");
+    }
+    for table in append_only {
+        assert_eq!(
+            fillfactors(c, table).await,
+            BTreeSet::from([None]),
+            "{table}"
+        );
+    }
 }
 
 /// Row count and a digest of every row of a query's result, in a stable order.
@@ -171,6 +205,23 @@ async fn migration_moves_existing_rows_into_day_partitions() {
             );
         }
     }
+    assert_fillfactors(
+        &c,
+        &[
+            "sessions",
+            "metrics_minute",
+            "product_minute",
+            "category_minute",
+            "product_window",
+        ],
+        &[
+            "seen_events",
+            "purchases",
+            "hourly_users",
+            "rejected_events",
+        ],
+    )
+    .await;
     let moved: i64 = c
         .query_one(
             "SELECT count(*) FROM analytics.sessions WHERE opened_at <> session_start",
@@ -212,6 +263,12 @@ async fn retention_drops_expired_days_and_nothing_newer() {
         .await
         .unwrap();
     }
+    assert_fillfactors(
+        &w,
+        &["metrics_minute", "sessions"],
+        &["rejected_events", "seen_events", "hourly_users"],
+    )
+    .await;
     w.batch_execute(
         "INSERT INTO analytics.metrics_minute (minute, event_type, events)
              SELECT current_date - n + interval '30 minutes', 'page_view', 1

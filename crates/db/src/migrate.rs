@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "day_partitions",
         sql: include_str!("../../../db/migrations/0008_day_partitions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "fillfactor",
+        sql: include_str!("../../../db/migrations/0009_fillfactor.sql"),
+    },
 ];
 
 /// The application roles the migrations create.
