@@ -354,28 +354,7 @@ async fn three_instances_on_hot_products_never_deadlock_or_retry() {
         .collect();
     // The group settles on the empty topic first: a rebalance in mid-stream fences a batch
     // on purpose, and that retry is not what this test is about.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let owners = instances
-            .iter()
-            .filter(|p| {
-                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-                log.lines()
-                    .rev()
-                    .find(|l| l.contains("assigned;") || l.contains("revoked"))
-                    .is_some_and(|l| l.contains("assigned;"))
-            })
-            .count();
-        if owners == 3 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the group did not settle"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_settled(&instances).await;
     let n = 80_000;
     let start = EventTime::from_millis(EventTime::now().as_millis() - 3 * 3_600_000).to_string();
     let out = clickstream()
@@ -425,6 +404,120 @@ async fn three_instances_on_hot_products_never_deadlock_or_retry() {
     }
     let want = expected_for(&records);
     assert_exact(&want, &actual(&db).await);
+    db.drop().await;
+}
+
+/// Waits until every instance's last assignment change gave it partitions.
+async fn wait_settled(instances: &[Processor]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let owners = instances
+            .iter()
+            .filter(|p| {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                log.lines()
+                    .rev()
+                    .find(|l| l.contains("assigned;") || l.contains("revoked"))
+                    .is_some_and(|l| l.contains("assigned;"))
+            })
+            .count();
+        if owners == instances.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// A re-send reaching a partition that another instance owns, after both started: that
+/// instance never staged the key and its view of the ledger is older, so it skips the
+/// probe; the ledger's primary key refuses the second recording and the retried batch
+/// probes the key. Counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_to_another_instances_partition_counts_once() {
+    let s = services();
+    let db = TestDb::create(&s).await;
+    let topic = unique("cross");
+    create_topic(&s.bootstrap, &topic, 2).await;
+    let dlq = dead_letter_topic(&s).await;
+    let group = unique("g");
+    let instances: Vec<Processor> = (0..2)
+        .map(|_| Processor::start(&s, &db, &topic, &dlq, &group, &[]))
+        .collect();
+    wait_settled(&instances).await;
+    let caught_up = |ends: HashMap<i32, i64>| {
+        let url = db.admin_url.clone();
+        let (group, topic) = (group.clone(), topic.clone());
+        async move { wait_caught_up(&url, &group, &topic, &ends, Duration::from_secs(60)).await }
+    };
+    // Partition 1's owner reads the ledger's newest time with its first batch: before the
+    // event below exists.
+    produce_to(&s, &topic, 1, &[(Some(b"b".to_vec()), good_event(6))]);
+    caught_up(HashMap::from([(1, 1)])).await;
+    let event = good_event(5);
+    produce_to(&s, &topic, 0, &[(Some(b"a".to_vec()), event.clone())]);
+    caught_up(HashMap::from([(0, 1), (1, 1)])).await;
+    // The same record under another key: a producer that keys records differently, or none.
+    produce_to(&s, &topic, 1, &[(Some(b"b".to_vec()), event)]);
+    caught_up(HashMap::from([(0, 1), (1, 2)])).await;
+
+    // Counted after the commit, so give the counters a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let records: Vec<f64> = instances
+            .iter()
+            .map(|p| {
+                metric(
+                    &p.scrape_metrics(),
+                    "clickstream_processor_records_in_total",
+                )
+            })
+            .collect();
+        if records.iter().all(|n| *n >= 1.0) && records.iter().sum::<f64>() >= 3.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "each instance reads its partition's records: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The second recording was refused by the ledger and its batch retried: the path
+    // this test is about ran.
+    let abandoned: f64 = instances
+        .iter()
+        .map(|p| {
+            metric(
+                &p.scrape_metrics(),
+                "clickstream_processor_batches_abandoned_total",
+            )
+        })
+        .sum();
+    assert_eq!(abandoned, 1.0);
+    for p in instances {
+        p.stop();
+    }
+    let c = connect(&db.admin_url).await;
+    let row = c
+        .query_one(
+            "SELECT (SELECT coalesce(sum(events), 0)::int8 FROM analytics.metrics_minute),
+                    (SELECT coalesce(sum(purchases), 0)::int8 FROM analytics.product_minute),
+                    (SELECT count(*) FROM analytics.purchases),
+                    (SELECT count(*) FROM analytics.seen_events)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        counts,
+        (2, 2, 2, 2),
+        "events, product purchases, lines, keys"
+    );
     db.drop().await;
 }
 

@@ -11,6 +11,7 @@
 mod batch;
 mod consumer;
 mod housekeeping;
+mod recent_keys;
 mod recovery;
 
 use std::collections::HashMap;
@@ -195,6 +196,8 @@ struct Loop<'a> {
     /// `hourly_users` rows committed for the newest hours, so a batch does not send them
     /// again (most of a batch's rows: the user was active earlier in the hour).
     hourly_seen: HourlySeen,
+    /// Ledger keys this instance staged lately: most keys of a batch need no probe.
+    recent_keys: recent_keys::RecentKeys,
     /// The last polled batch's buffer, emptied, for the next one: a new buffer per batch
     /// had its pages faulted in (and zeroed by the kernel) every time.
     spare_bytes: Vec<u8>,
@@ -264,6 +267,7 @@ pub fn run(
         committed_clock: None,
         hourly_seen: HourlySeen::default(),
         spare_bytes: Vec::new(),
+        recent_keys: Default::default(),
         dlq,
         metrics,
         sinks,

@@ -317,6 +317,16 @@ pub fn generate_seeded(
 /// Produces `(key, value)` records to partition 0 of `topic`, lz4-compressed (so the
 /// 2 MB record fits the broker's limit), and waits for the acknowledgements.
 pub fn produce(s: &Services, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
+    produce_to(s, topic, 0, records);
+}
+
+/// Produces `records` (key, value) to `partition` of `topic` and waits for them.
+pub fn produce_to(
+    s: &Services,
+    topic: &str,
+    partition: i32,
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &s.bootstrap)
         .set("message.max.bytes", "4194304")
@@ -325,7 +335,7 @@ pub fn produce(s: &Services, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]
         .expect("producer");
     for (k, v) in records {
         let mut r = BaseRecord::<[u8], [u8]>::to(topic)
-            .partition(0)
+            .partition(partition)
             .payload(v.as_slice());
         if let Some(k) = k {
             r = r.key(k.as_slice());

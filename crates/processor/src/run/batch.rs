@@ -143,9 +143,19 @@ impl Loop<'_> {
         let horizon = self.cfg.retention.dedup_horizon.as_micros() as i64;
         // From the clock the batch was validated by: an event-time clock has moved since.
         let ledger_from = p.judged_at.add_micros(-horizon);
-        let mut known = self
-            .handle
-            .block_on(store::known_keys(probe, &p.valid, ledger_from))?;
+        if !self.recent_keys.is_started() {
+            let newest = self.handle.block_on(store::newest_ledger_key(probe))?;
+            self.recent_keys.start(newest);
+            if let Some(pending) = pending {
+                self.recent_keys.insert(pending);
+            }
+        }
+        let recent = &self.recent_keys;
+        let mut known =
+            self.handle
+                .block_on(store::known_keys(probe, &p.valid, ledger_from, |k| {
+                    !recent.is_unseen(k)
+                }))?;
         if let Some(pending) = pending {
             known.extend(
                 p.valid
@@ -184,7 +194,8 @@ impl Loop<'_> {
             }
         }
         self.hourly_seen.forget_known(&mut out.hourly_users);
-        let keys = fresh.iter().map(|e| e.event.key()).collect();
+        let keys: HashSet<EventKey> = fresh.iter().map(|e| e.event.key()).collect();
+        self.recent_keys.insert(&keys);
         let records = p.offsets.len();
         let counts = Heartbeat {
             batches: 1,

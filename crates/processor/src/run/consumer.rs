@@ -146,6 +146,10 @@ impl Loop<'_> {
         changes: Vec<Assignment>,
     ) -> Result<bool, ProcessorError> {
         let mut reload = false;
+        if !changes.is_empty() {
+            // Partitions taken over come with keys another instance recorded.
+            self.recent_keys.forget();
+        }
         for change in changes {
             match change {
                 Assignment::Assigned(loaded) => {
@@ -271,6 +275,8 @@ impl Loop<'_> {
         // Batches this instance saw commit may be gone (asynchronous commits and a
         // PostgreSQL crash): their hourly rows must be written again.
         self.hourly_seen = Default::default();
+        // Those batches' keys too, and other instances may have recorded keys meanwhile.
+        self.recent_keys.forget();
         Ok(())
     }
 

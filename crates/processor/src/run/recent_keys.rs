@@ -1,0 +1,170 @@
+//! The ledger keys this instance staged lately, so that most of a batch needs no ledger
+//! probe (the probe was about a sixth of PostgreSQL's time per event).
+//!
+//! When it starts, the set reads the newest key time in the ledger (`M`). A key stamped
+//! after `M` cannot have been recorded before the start; if this instance has not staged
+//! it since either, it is new, unless another instance recorded it meanwhile (a re-send
+//! that reached a partition this instance did not own). That last case is left to the
+//! ledger's primary key: the COPY fails, the batch is abandoned and retried after a reset,
+//! and a reset starts the set afresh with a newer `M`, so the retry probes the key.
+//!
+//! Keys this instance staged are remembered by a 64-bit hash: a false match only sends a
+//! key to the probe, never drops an event. A key that matches is probed too (a staged
+//! batch may never commit: then the set has been started afresh anyway, but the probe
+//! keeps the set out of the correctness argument for matches). The set is bounded: past
+//! [`RecentKeys::MAX_KEYS`] it forgets its oldest minutes of event time, and keys of
+//! those minutes are probed again.
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+
+use clickstream_model::{EventKey, EventTime};
+use foldhash::HashSet;
+
+const MINUTE: i64 = 60_000_000;
+
+/// See the module docs.
+#[derive(Default)]
+pub(super) struct RecentKeys {
+    /// Keys stamped at or after this time (microseconds) are covered; `None` until the
+    /// set is started.
+    covered_from: Option<i64>,
+    /// Hashes of the staged keys, by minute of their time.
+    minutes: BTreeMap<i64, HashSet<u64>>,
+    len: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl RecentKeys {
+    /// Most keys remembered (about 16 bytes each).
+    pub(super) const MAX_KEYS: usize = 1_000_000;
+
+    /// Whether the set covers anything (it must be started after a reset).
+    pub(super) fn is_started(&self) -> bool {
+        self.covered_from.is_some()
+    }
+
+    /// Starts covering keys stamped after `newest`, the newest key time in the ledger
+    /// (`None`: the ledger is empty).
+    pub(super) fn start(&mut self, newest: Option<EventTime>) {
+        self.forget();
+        self.covered_from = Some(newest.map_or(i64::MIN, |t| t.as_micros().saturating_add(1)));
+    }
+
+    /// Covers nothing until started again: after a reset (a batch this instance staged
+    /// may be lost, another instance may have recorded keys) or an assignment change.
+    pub(super) fn forget(&mut self) {
+        self.covered_from = None;
+        self.minutes.clear();
+        self.len = 0;
+    }
+
+    /// Whether `k` certainly is not in the ledger (see the module docs); `false` means
+    /// "probe it".
+    pub(super) fn is_unseen(&self, k: &EventKey) -> bool {
+        let Some(from) = self.covered_from else {
+            return false;
+        };
+        let t = k.timestamp.as_micros();
+        t >= from
+            && !self
+                .minutes
+                .get(&t.div_euclid(MINUTE))
+                .is_some_and(|s| s.contains(&self.hasher.hash_one(k)))
+    }
+
+    /// Remembers keys this instance staged.
+    pub(super) fn insert<'a>(&mut self, keys: impl IntoIterator<Item = &'a EventKey>) {
+        let Some(from) = self.covered_from else {
+            return;
+        };
+        for k in keys {
+            let t = k.timestamp.as_micros();
+            if t < from {
+                continue;
+            }
+            let hash = self.hasher.hash_one(k);
+            if self
+                .minutes
+                .entry(t.div_euclid(MINUTE))
+                .or_default()
+                .insert(hash)
+            {
+                self.len += 1;
+            }
+        }
+        while self.len > Self::MAX_KEYS {
+            let Some((minute, hashes)) = self.minutes.pop_first() else {
+                break;
+            };
+            self.len -= hashes.len();
+            // Every forgotten key is older than the next minute: from there on, the set
+            // knows all keys it staged again.
+            let next = minute.saturating_add(1).saturating_mul(MINUTE);
+            self.covered_from = self.covered_from.map(|f| f.max(next));
+        }
+    }
+
+    /// Keys remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn key(micros: i64, n: u128) -> EventKey {
+        EventKey {
+            timestamp: EventTime::from_micros(micros),
+            event_id: Uuid::from_u128(n),
+        }
+    }
+
+    #[test]
+    fn covers_only_keys_after_the_ledger_and_not_staged() {
+        let mut r = RecentKeys::default();
+        let newest = 10 * MINUTE;
+        assert!(!r.is_unseen(&key(newest + 1, 1)), "not started: probe all");
+        r.start(Some(EventTime::from_micros(newest)));
+        assert!(!r.is_unseen(&key(newest, 1)), "the ledger may hold it");
+        assert!(!r.is_unseen(&key(newest - MINUTE, 1)));
+        assert!(r.is_unseen(&key(newest + 1, 1)));
+        r.insert(&[key(newest + 1, 1), key(newest - 1, 2)]);
+        assert!(!r.is_unseen(&key(newest + 1, 1)), "staged: probe it");
+        assert!(r.is_unseen(&key(newest + 1, 3)), "same time, other id");
+        assert!(r.is_unseen(&key(newest + 2, 1)), "same id, other time");
+        assert_eq!(r.len(), 1, "keys before the covered time are not kept");
+        r.forget();
+        assert!(
+            !r.is_unseen(&key(newest + 1, 3)),
+            "after a reset: probe all"
+        );
+        r.start(None);
+        assert!(
+            r.is_unseen(&key(i64::MIN / 2, 3)),
+            "an empty ledger covers all"
+        );
+    }
+
+    #[test]
+    fn past_its_bound_it_forgets_whole_minutes_and_probes_them_again() {
+        let mut r = RecentKeys::default();
+        r.start(None);
+        let per_minute = RecentKeys::MAX_KEYS as u128 / 4;
+        let keys: Vec<EventKey> = (0..5 * per_minute)
+            .map(|n| key((n / per_minute) as i64 * MINUTE + (n % 1000) as i64, n))
+            .collect();
+        r.insert(&keys);
+        assert!(r.len() <= RecentKeys::MAX_KEYS);
+        // The first minute is forgotten: its keys (staged or not) are probed again.
+        assert!(!r.is_unseen(&keys[0]));
+        assert!(!r.is_unseen(&key(5, u128::MAX)));
+        // The newest minutes are known.
+        assert!(!r.is_unseen(keys.last().unwrap()));
+        assert!(r.is_unseen(&key(4 * MINUTE + 7, u128::MAX)));
+    }
+}
