@@ -29,7 +29,7 @@ pub struct ProcessArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// A micro-batch closes at this many records...
-    #[arg(long, env = "CLICKSTREAM_BATCH_MAX_RECORDS", default_value_t = 25_000)]
+    #[arg(long, env = "CLICKSTREAM_BATCH_MAX_RECORDS", default_value_t = 50_000)]
     batch_max_records: usize,
     /// ... or this long after its first record.
     #[arg(long, env = "CLICKSTREAM_BATCH_MAX_WAIT", default_value = "250ms", value_parser = humantime::parse_duration)]

@@ -196,6 +196,7 @@ impl Loop<'_> {
         self.hourly_seen.forget_known(&mut out.hourly_users);
         let keys: HashSet<EventKey> = fresh.iter().map(|e| e.event.key()).collect();
         self.recent_keys.insert(&keys);
+        self.recent_keys.staged_until(&p.ends);
         let records = p.offsets.len();
         let counts = Heartbeat {
             batches: 1,

@@ -146,13 +146,12 @@ impl Loop<'_> {
         changes: Vec<Assignment>,
     ) -> Result<bool, ProcessorError> {
         let mut reload = false;
-        if !changes.is_empty() {
-            // Partitions taken over come with keys another instance recorded.
-            self.recent_keys.forget();
-        }
         for change in changes {
             match change {
                 Assignment::Assigned(loaded) => {
+                    // Partitions taken over come with keys another instance recorded.
+                    self.recent_keys
+                        .keep_if_resumed(loaded.iter().map(|(p, sp)| (*p, sp.next_offset)));
                     for (p, sp) in loaded {
                         self.parts.insert(p, Part::new(sp.next_offset, sp.state));
                     }
@@ -166,6 +165,7 @@ impl Loop<'_> {
                     }
                 }
                 Assignment::Reload(ps) => {
+                    self.recent_keys.forget();
                     for p in &ps {
                         self.parts.remove(p);
                     }

@@ -8,6 +8,10 @@
 //! ledger's primary key: the COPY fails, the batch is abandoned and retried after a reset,
 //! and a reset starts the set afresh with a newer `M`, so the retry probes the key.
 //!
+//! The set is kept across an assignment change when every partition assigned resumes
+//! where this instance left it (nobody else processed it meanwhile; re-sends from other
+//! partitions are again the primary key's), and started afresh otherwise.
+//!
 //! Keys this instance staged are remembered by a 64-bit hash: a false match only sends a
 //! key to the probe, never drops an event. A key that matches is probed too (a staged
 //! batch may never commit: then the set has been started afresh anyway, but the probe
@@ -33,6 +37,8 @@ pub(super) struct RecentKeys {
     minutes: BTreeMap<i64, HashSet<u64>>,
     len: usize,
     hasher: foldhash::fast::RandomState,
+    /// Per partition, the offset after the last record this instance staged.
+    staged_until: std::collections::HashMap<i32, i64>,
 }
 
 impl RecentKeys {
@@ -57,6 +63,30 @@ impl RecentKeys {
         self.covered_from = None;
         self.minutes.clear();
         self.len = 0;
+        self.staged_until.clear();
+    }
+
+    /// Notes how far this instance staged each partition of a batch.
+    pub(super) fn staged_until<'a>(&mut self, ends: impl IntoIterator<Item = (&'a i32, &'a i64)>) {
+        if self.covered_from.is_some() {
+            self.staged_until
+                .extend(ends.into_iter().map(|(p, n)| (*p, *n)));
+        }
+    }
+
+    /// After partitions were assigned with their stored offsets: whether the set still
+    /// holds (every one resumes where this instance's staging left it). If not, it is
+    /// forgotten.
+    pub(super) fn keep_if_resumed(
+        &mut self,
+        assigned: impl IntoIterator<Item = (i32, Option<i64>)>,
+    ) {
+        let resumed = assigned
+            .into_iter()
+            .all(|(p, stored)| stored.is_some() && self.staged_until.get(&p).copied() == stored);
+        if !resumed {
+            self.forget();
+        }
     }
 
     /// Whether `k` certainly is not in the ledger (see the module docs); `false` means
@@ -148,6 +178,21 @@ mod tests {
             r.is_unseen(&key(i64::MIN / 2, 3)),
             "an empty ledger covers all"
         );
+    }
+
+    #[test]
+    fn kept_only_when_every_assigned_partition_resumes_where_it_staged() {
+        let mut r = RecentKeys::default();
+        r.start(None);
+        r.staged_until([(&0, &10), (&1, &7)]);
+        r.keep_if_resumed([(0, Some(10)), (1, Some(7))]);
+        assert!(r.is_started());
+        // Partition 1 went on elsewhere (or a batch of ours never committed).
+        r.keep_if_resumed([(0, Some(10)), (1, Some(9))]);
+        assert!(!r.is_started());
+        r.start(None);
+        r.keep_if_resumed([(2, None)]);
+        assert!(!r.is_started(), "a partition it never staged");
     }
 
     #[test]
