@@ -542,7 +542,13 @@ fn shared_text(
     field: &'static str,
     limit: usize,
 ) -> Result<Option<Arc<str>>, RejectReason> {
-    Ok(checked(v, field, limit)?.map(|s| intern(&s)))
+    Ok(checked(v, field, limit)?.map(|s| {
+        if s.len() <= INTERN_MAX_LEN {
+            intern(&s)
+        } else {
+            Arc::from(s.as_ref())
+        }
+    }))
 }
 
 fn checked<'a>(
@@ -567,8 +573,10 @@ fn checked<'a>(
     Ok(Some(s))
 }
 
-/// Most distinct values [`intern`] keeps per thread before it starts over.
+/// Most distinct values [`intern`] keeps per thread before it starts over...
 const INTERN_LIMIT: usize = 16_384;
+/// ... and the longest (in bytes): at most 4 MB per thread, whatever clients send.
+const INTERN_MAX_LEN: usize = 256;
 
 thread_local! {
     static INTERNED: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::default());

@@ -224,10 +224,16 @@ pub async fn known_keys(
     Ok(known)
 }
 
-/// The newest key time in the dedup ledger (`None`: it is empty).
-pub async fn newest_ledger_key(client: &Client) -> Result<Option<EventTime>, ProcessorError> {
+/// The newest key time in the dedup ledger not after `until` (`None`: there is none).
+pub async fn newest_ledger_key(
+    client: &Client,
+    until: EventTime,
+) -> Result<Option<EventTime>, ProcessorError> {
     let row = client
-        .query_one("SELECT max(event_time) FROM analytics.seen_events", &[])
+        .query_one(
+            "SELECT max(event_time) FROM analytics.seen_events WHERE event_time <= $1",
+            &[&ts(until)],
+        )
         .await?;
     Ok(row.get::<_, Option<DateTime<Utc>>>(0).map(from_ts))
 }

@@ -143,9 +143,18 @@ impl Loop<'_> {
         let horizon = self.cfg.retention.dedup_horizon.as_micros() as i64;
         // From the clock the batch was validated by: an event-time clock has moved since.
         let ledger_from = p.judged_at.add_micros(-horizon);
-        if !self.recent_keys.is_started() {
-            let newest = self.handle.block_on(store::newest_ledger_key(probe))?;
-            self.recent_keys.start(newest);
+        // What the set covers reaches an hour past the accepted future; it starts afresh
+        // ten minutes before the clock gets there.
+        let future = self.clock.policy(&self.cfg.limits).max_future_micros;
+        if !self
+            .recent_keys
+            .covers_until(p.judged_at.add_micros(future + 10 * 60_000_000))
+        {
+            let until = p.judged_at.add_micros(future + 60 * 60_000_000);
+            let newest = self
+                .handle
+                .block_on(store::newest_ledger_key(probe, until))?;
+            self.recent_keys.start(newest, until);
             if let Some(pending) = pending {
                 self.recent_keys.insert(pending);
             }

@@ -1,12 +1,16 @@
 //! The ledger keys this instance staged lately, so that most of a batch needs no ledger
 //! probe (the probe was about a sixth of PostgreSQL's time per event).
 //!
-//! When it starts, the set reads the newest key time in the ledger (`M`). A key stamped
-//! after `M` cannot have been recorded before the start; if this instance has not staged
-//! it since either, it is new, unless another instance recorded it meanwhile (a re-send
+//! When it starts, the set picks a bound `B` ahead of the processing clock (the accepted
+//! future plus an hour) and reads the newest key time in the ledger up to it (`M`). A key
+//! stamped in `(M, B]` cannot have been recorded before the start; if this instance has
+//! not staged it since either, it is new, unless another instance recorded it meanwhile (a re-send
 //! that reached a partition this instance did not own). That last case is left to the
 //! ledger's primary key: the COPY fails, the batch is abandoned and retried after a reset,
-//! and a reset starts the set afresh with a newer `M`, so the retry probes the key.
+//! and a reset starts the set afresh with a newer `M`, so the retry probes the key. Keys
+//! after `B` (a device clock far ahead: key times follow the device's clock up to the
+//! maximum event age) are always probed, so one such key cannot switch the set off; the
+//! set starts afresh when the clock nears `B`.
 //!
 //! The set is kept across an assignment change when every partition assigned resumes
 //! where this instance left it (nobody else processed it meanwhile; re-sends from other
@@ -33,6 +37,8 @@ pub(super) struct RecentKeys {
     /// Keys stamped at or after this time (microseconds) are covered; `None` until the
     /// set is started.
     covered_from: Option<i64>,
+    /// ... and up to this one (`B`).
+    covered_until: i64,
     /// Hashes of the staged keys, by minute of their time.
     minutes: BTreeMap<i64, HashSet<u64>>,
     len: usize,
@@ -46,15 +52,22 @@ impl RecentKeys {
     pub(super) const MAX_KEYS: usize = 1_000_000;
 
     /// Whether the set covers anything (it must be started after a reset).
-    pub(super) fn is_started(&self) -> bool {
+    #[cfg(test)]
+    fn is_started(&self) -> bool {
         self.covered_from.is_some()
     }
 
-    /// Starts covering keys stamped after `newest`, the newest key time in the ledger
-    /// (`None`: the ledger is empty).
-    pub(super) fn start(&mut self, newest: Option<EventTime>) {
+    /// Starts covering keys stamped after `newest` up to `until`, where `newest` is the
+    /// newest key time in the ledger not after `until` (`None`: there is none).
+    pub(super) fn start(&mut self, newest: Option<EventTime>, until: EventTime) {
         self.forget();
         self.covered_from = Some(newest.map_or(i64::MIN, |t| t.as_micros().saturating_add(1)));
+        self.covered_until = until.as_micros();
+    }
+
+    /// Whether the set covers keys up to `t` (else it should be started afresh).
+    pub(super) fn covers_until(&self, t: EventTime) -> bool {
+        self.covered_from.is_some() && t.as_micros() <= self.covered_until
     }
 
     /// Covers nothing until started again: after a reset (a batch this instance staged
@@ -97,6 +110,7 @@ impl RecentKeys {
         };
         let t = k.timestamp.as_micros();
         t >= from
+            && t <= self.covered_until
             && !self
                 .minutes
                 .get(&t.div_euclid(MINUTE))
@@ -110,7 +124,7 @@ impl RecentKeys {
         };
         for k in keys {
             let t = k.timestamp.as_micros();
-            if t < from {
+            if t < from || t > self.covered_until {
                 continue;
             }
             let hash = self.hasher.hash_one(k);
@@ -159,10 +173,17 @@ mod tests {
         let mut r = RecentKeys::default();
         let newest = 10 * MINUTE;
         assert!(!r.is_unseen(&key(newest + 1, 1)), "not started: probe all");
-        r.start(Some(EventTime::from_micros(newest)));
+        let until = EventTime::from_micros(newest + 60 * MINUTE);
+        r.start(Some(EventTime::from_micros(newest)), until);
         assert!(!r.is_unseen(&key(newest, 1)), "the ledger may hold it");
         assert!(!r.is_unseen(&key(newest - MINUTE, 1)));
         assert!(r.is_unseen(&key(newest + 1, 1)));
+        assert!(r.is_unseen(&key(until.as_micros(), 1)));
+        assert!(
+            !r.is_unseen(&key(until.as_micros() + 1, 1)),
+            "beyond the bound: probe"
+        );
+        assert!(r.covers_until(until) && !r.covers_until(until.add_micros(1)));
         r.insert(&[key(newest + 1, 1), key(newest - 1, 2)]);
         assert!(!r.is_unseen(&key(newest + 1, 1)), "staged: probe it");
         assert!(r.is_unseen(&key(newest + 1, 3)), "same time, other id");
@@ -173,7 +194,7 @@ mod tests {
             !r.is_unseen(&key(newest + 1, 3)),
             "after a reset: probe all"
         );
-        r.start(None);
+        r.start(None, EventTime::from_micros(i64::MAX));
         assert!(
             r.is_unseen(&key(i64::MIN / 2, 3)),
             "an empty ledger covers all"
@@ -183,14 +204,14 @@ mod tests {
     #[test]
     fn kept_only_when_every_assigned_partition_resumes_where_it_staged() {
         let mut r = RecentKeys::default();
-        r.start(None);
+        r.start(None, EventTime::from_micros(i64::MAX));
         r.staged_until([(&0, &10), (&1, &7)]);
         r.keep_if_resumed([(0, Some(10)), (1, Some(7))]);
         assert!(r.is_started());
         // Partition 1 went on elsewhere (or a batch of ours never committed).
         r.keep_if_resumed([(0, Some(10)), (1, Some(9))]);
         assert!(!r.is_started());
-        r.start(None);
+        r.start(None, EventTime::from_micros(i64::MAX));
         r.keep_if_resumed([(2, None)]);
         assert!(!r.is_started(), "a partition it never staged");
     }
@@ -198,7 +219,7 @@ mod tests {
     #[test]
     fn past_its_bound_it_forgets_whole_minutes_and_probes_them_again() {
         let mut r = RecentKeys::default();
-        r.start(None);
+        r.start(None, EventTime::from_micros(i64::MAX));
         let per_minute = RecentKeys::MAX_KEYS as u128 / 4;
         let keys: Vec<EventKey> = (0..5 * per_minute)
             .map(|n| key((n / per_minute) as i64 * MINUTE + (n % 1000) as i64, n))
