@@ -160,10 +160,11 @@ impl Loop<'_> {
             }
         }
         let recent = &self.recent_keys;
+        let probe_all = recent.is_suspended();
         let mut known =
             self.handle
                 .block_on(store::known_keys(probe, &p.valid, ledger_from, |k| {
-                    !recent.is_unseen(k)
+                    probe_all || !recent.is_unseen(k)
                 }))?;
         if let Some(pending) = pending {
             known.extend(

@@ -16,6 +16,12 @@
 //! where this instance left it (nobody else processed it meanwhile; re-sends from other
 //! partitions are again the primary key's), and started afresh otherwise.
 //!
+//! Each such refusal costs a retried batch and a reset, so after one the set is
+//! suspended for [`RecentKeys::SUSPENSION`]: every key is probed, as before the set
+//! existed. A stream whose re-sends cross partitions (producers keying records by
+//! something else than the user, or not at all) then costs one retried batch per
+//! suspension, not one per re-send.
+//!
 //! Keys this instance staged are remembered by a 64-bit hash: a false match only sends a
 //! key to the probe, never drops an event. A key that matches is probed too (a staged
 //! batch may never commit: then the set has been started afresh anyway, but the probe
@@ -25,6 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
 
 use clickstream_model::{EventKey, EventTime};
 use foldhash::HashSet;
@@ -45,11 +52,25 @@ pub(super) struct RecentKeys {
     hasher: foldhash::fast::RandomState,
     /// Per partition, the offset after the last record this instance staged.
     staged_until: std::collections::HashMap<i32, i64>,
+    /// Every key is probed until then (see the module docs).
+    suspended_until: Option<Instant>,
 }
 
 impl RecentKeys {
     /// Most keys remembered (about 16 bytes each).
     pub(super) const MAX_KEYS: usize = 1_000_000;
+    /// How long every key is probed after the ledger refused one.
+    pub(super) const SUSPENSION: Duration = Duration::from_secs(600);
+
+    /// The ledger refused a key another instance recorded: probe every key for a while.
+    pub(super) fn suspend(&mut self) {
+        self.suspended_until = Some(Instant::now() + Self::SUSPENSION);
+    }
+
+    /// Whether every key is to be probed now.
+    pub(super) fn is_suspended(&self) -> bool {
+        self.suspended_until.is_some_and(|t| Instant::now() < t)
+    }
 
     /// Whether the set covers anything (it must be started after a reset).
     #[cfg(test)]
@@ -199,6 +220,16 @@ mod tests {
             r.is_unseen(&key(i64::MIN / 2, 3)),
             "an empty ledger covers all"
         );
+    }
+
+    #[test]
+    fn a_suspension_outlives_a_reset() {
+        let mut r = RecentKeys::default();
+        assert!(!r.is_suspended());
+        r.suspend();
+        r.forget();
+        r.start(None, EventTime::from_micros(i64::MAX));
+        assert!(r.is_suspended());
     }
 
     #[test]

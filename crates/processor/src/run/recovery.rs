@@ -20,6 +20,15 @@ impl Loop<'_> {
     ) -> Result<(), ProcessorError> {
         self.metrics.batches_abandoned.inc();
         let detail = error_detail(e);
+        if e.sqlstate() == Some("23505") && !self.recent_keys.is_suspended() {
+            // A key recorded by another instance (a re-send from another partition) that
+            // this one did not probe: probe every key for a while.
+            self.recent_keys.suspend();
+            tracing::info!(
+                for_secs = super::recent_keys::RecentKeys::SUSPENSION.as_secs(),
+                "a re-send reached this instance from another's partition; probing every event key for a while"
+            );
+        }
         let verdict = match self.last_failed.take() {
             Some(b) if e.is_data_error() => Some((b, self.splitter.data_error(b, &detail))),
             _ => None,
